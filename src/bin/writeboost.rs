@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("writeboost: offline command not built yet");
+    std::process::exit(2);
+}

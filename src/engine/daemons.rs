@@ -1,0 +1,165 @@
+//! Background work as step functions: each `poll_*` checks whether its daemon has work, starts
+//! it (as a task on the volume's runtime) and returns true when it did. The SPDK glue calls them
+//! from named pollers (`wb_flush`, `wb_writeback`, `wb_sb_record`, `wb_sync`); tests call them
+//! from the simulation loop. Plus the long operations built on them: drop_caches and shutdown.
+
+use super::*;
+use crate::format::{Record, RECORD_FLAG_CLEAN_SHUTDOWN, RECORD_OFFSETS_BYTES};
+
+const NS_PER_S: u64 = 1_000_000_000;
+const UTIL_SAMPLE_NS: u64 = 100_000_000;
+const DROP_CACHES_MAX_FAILURES: u32 = 8;
+
+impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    pub(super) async fn write_record(self: &Rc<Self>, clean: bool) -> Result<(), IoError> {
+        let (off, enc) = {
+            let mut st = self.st.borrow_mut();
+            st.record_seq += 1;
+            let r = Record {
+                format_uuid: st.sb.format_uuid,
+                seq: st.record_seq,
+                last_writeback_id: st.last_writeback,
+                head_id: st.last_durable,
+                flags: if clean { RECORD_FLAG_CLEAN_SHUTDOWN } else { 0 },
+            };
+            (RECORD_OFFSETS_BYTES[(st.record_seq % 2) as usize], r.encode())
+        };
+        let mut buf = AlignedBuf::zeroed(enc.len());
+        buf.copy_from_slice(&enc);
+        let r = match self.cache.write(off, &buf).await {
+            Ok(()) => self.cache.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            self.st.borrow_mut().counters.cache_write_errors += 1;
+            return Err(IoError::cache(e));
+        }
+        Ok(())
+    }
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
+    /// Segment flusher: starts a cache flush that FLUSH/FUA waiters need.
+    pub fn poll_flush(&self) -> bool {
+        self.inner.kick_flush()
+    }
+
+    /// Writeback: samples the backing load and starts a batch when allowed or needed.
+    pub fn poll_writeback(&self) -> bool {
+        let now = self.inner.rt.now_ns();
+        {
+            let mut st = self.inner.st.borrow_mut();
+            let elapsed = now.saturating_sub(st.util_sample_at_ns);
+            if elapsed >= UTIL_SAMPLE_NS {
+                let mut busy = st.backing_busy_ns;
+                if st.backing_fg_inflight > 0 {
+                    busy += now.saturating_sub(st.backing_busy_since_ns);
+                    st.backing_busy_ns = busy;
+                    st.backing_busy_since_ns = now;
+                }
+                let delta = busy - st.util_sample_busy_ns;
+                st.backing_util_pct = (delta * 100 / elapsed).min(100);
+                st.util_sample_busy_ns = busy;
+                st.util_sample_at_ns = now;
+            }
+        }
+        self.inner.maybe_start_writeback()
+    }
+
+    /// Superblock record updater: every `update_sb_record_interval` seconds.
+    pub fn poll_sb_record(&self) -> bool {
+        let now = self.inner.rt.now_ns();
+        {
+            let mut st = self.inner.st.borrow_mut();
+            let interval = st.opts.update_sb_record_interval;
+            if interval == 0 || st.record_in_flight || now.saturating_sub(st.last_record_ns) < interval * NS_PER_S {
+                return false;
+            }
+            st.record_in_flight = true;
+            st.last_record_ns = now;
+        }
+        let inner = self.inner.clone();
+        self.inner.rt.spawn(Box::pin(async move {
+            let _ = inner.write_record(false).await;
+            inner.st.borrow_mut().record_in_flight = false;
+        }));
+        true
+    }
+
+    /// Data synchronizer: every `sync_data_interval` seconds, seal and flush what is in RAM.
+    pub fn poll_sync(&self) -> bool {
+        let now = self.inner.rt.now_ns();
+        let target = {
+            let mut st = self.inner.st.borrow_mut();
+            let interval = st.opts.sync_data_interval;
+            if interval == 0 || now.saturating_sub(st.last_sync_ns) < interval * NS_PER_S {
+                return false;
+            }
+            st.last_sync_ns = now;
+            let target = match st.open {
+                Some(o) if o.len > 0 => o.id,
+                _ => st.last_sealed,
+            };
+            if target <= st.last_durable {
+                return false;
+            }
+            target
+        };
+        let inner = self.inner.clone();
+        self.inner.rt.spawn(Box::pin(async move {
+            let _ = inner.make_durable(target, true).await;
+        }));
+        true
+    }
+
+    /// All four step functions; true if any did work.
+    pub fn poll_all(&self) -> bool {
+        let a = self.poll_flush();
+        let b = self.poll_writeback();
+        let c = self.poll_sb_record();
+        let d = self.poll_sync();
+        a | b | c | d
+    }
+
+    /// Seals the RAM buffer and writes back every dirty block; completes once none is left.
+    pub async fn drop_caches(&self) -> Result<(), IoError> {
+        let inner = &self.inner;
+        inner.st.borrow_mut().drop_caches_active += 1;
+        let r = self.drop_caches_inner().await;
+        inner.st.borrow_mut().drop_caches_active -= 1;
+        r
+    }
+
+    async fn drop_caches_inner(&self) -> Result<(), IoError> {
+        let inner = &self.inner;
+        let mut failures = 0;
+        loop {
+            inner.flush_all().await?;
+            if inner.st.borrow().nr_dirty == 0 {
+                return Ok(());
+            }
+            inner.wait_until(|st| !st.writeback_in_flight).await;
+            inner.st.borrow_mut().writeback_in_flight = true;
+            if let Err(e) = inner.writeback_batch().await {
+                failures += 1;
+                if failures >= DROP_CACHES_MAX_FAILURES {
+                    return Err(e);
+                }
+                let backoff = inner.st.borrow().writeback_backoff_ns;
+                inner.rt.sleep(backoff).await;
+            }
+        }
+    }
+
+    /// Clean shutdown: everything in RAM becomes durable and the superblock record is written
+    /// with the clean flag. Dirty data stays on the cache for the next create.
+    pub async fn shutdown(&self) -> Result<(), IoError> {
+        let inner = &self.inner;
+        inner.st.borrow_mut().shutting_down = true;
+        inner.flush_all().await?;
+        inner
+            .wait_until(|st| !st.writeback_in_flight && !st.record_in_flight && !st.flush_in_flight)
+            .await;
+        inner.write_record(true).await
+    }
+}

@@ -1,0 +1,79 @@
+//! Typed errors, one enum per operation. The SPDK glue maps them to errno and JSON-RPC errors,
+//! the offline command to exit codes.
+
+use crate::device::DeviceError;
+use crate::format::DecodeError;
+
+/// Which base device an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Base {
+    Cache,
+    Backing,
+}
+
+impl std::fmt::Display for Base {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Base::Cache => "cache",
+            Base::Backing => "backing",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateError {
+    #[error("{base} device: {source}")]
+    Device { base: Base, source: DeviceError },
+    #[error("cache device does not hold a writeboost format ({reason}); format it explicitly (force_format)")]
+    NotWriteboost { reason: DecodeError },
+    #[error("cache format version {major}.{minor} is newer than this build supports")]
+    VersionTooNew { major: u32, minor: u32 },
+    #[error("cache device was formatted for a different backing device (recorded size {recorded_bytes} bytes, uuid {recorded_uuid}; found {found_bytes} bytes, uuid {found_uuid})")]
+    WrongBacking {
+        recorded_bytes: u64,
+        recorded_uuid: String,
+        found_bytes: u64,
+        found_uuid: String,
+    },
+    #[error("cache geometry changed: {what} was {recorded}, now {found}")]
+    GeometryChanged {
+        what: &'static str,
+        recorded: u64,
+        found: u64,
+    },
+    #[error("invalid geometry: {0}")]
+    Geometry(DecodeError),
+    #[error("write_around_mode needs a cache without dirty data; this cache holds {nr_dirty_blocks} dirty blocks: create it in write-back mode and drop_caches first")]
+    DirtyInWriteAround { nr_dirty_blocks: u64 },
+    #[error("{0}")]
+    Option(#[from] crate::engine::config::ConfigError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IoError {
+    #[error("I/O range out of bounds: sector {offset_sectors} +{nr_sectors} beyond {size_sectors}")]
+    OutOfRange {
+        offset_sectors: u64,
+        nr_sectors: u64,
+        size_sectors: u64,
+    },
+    #[error("{base} device: {source}")]
+    Device { base: Base, source: DeviceError },
+    #[error("data could not be made durable on the cache device")]
+    NotDurable,
+}
+
+impl IoError {
+    pub fn cache(source: DeviceError) -> IoError {
+        IoError::Device {
+            base: Base::Cache,
+            source,
+        }
+    }
+    pub fn backing(source: DeviceError) -> IoError {
+        IoError::Device {
+            base: Base::Backing,
+            source,
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The index: backing block -> cache block, and per cache block its backing block and its
+//! per-sector valid/dirty bits.
+//!
+//! DRAM budget per cache block: 8 bytes (backing block) + 1 (valid bits) + 1 (dirty bits) in flat
+//! arrays, plus an open-addressing table of `u32` cache-block numbers at a load factor between
+//! 3/8 and 3/4 (5.3 to 10.7 bytes per block): 15 to 21 bytes in all. The table stores no keys; a
+//! probe compares the key with the cache block's own backing block.
+
+pub const NO_BLOCK: u64 = u64::MAX;
+const EMPTY: u32 = u32::MAX;
+
+pub struct Index {
+    /// Backing block held by each cache block, or `NO_BLOCK`.
+    backing: Vec<u64>,
+    valid: Vec<u8>,
+    dirty: Vec<u8>,
+    table: Vec<u32>,
+    mask: usize,
+    len: usize,
+}
+
+fn hash(block: u64) -> u64 {
+    let h = block.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 29)
+}
+
+impl Index {
+    pub fn new(nr_cache_blocks: usize) -> Index {
+        assert!(nr_cache_blocks < EMPTY as usize, "too many cache blocks");
+        let cap = (nr_cache_blocks * 4 / 3 + 1).next_power_of_two().max(16);
+        Index {
+            backing: vec![NO_BLOCK; nr_cache_blocks],
+            valid: vec![0; nr_cache_blocks],
+            dirty: vec![0; nr_cache_blocks],
+            table: vec![EMPTY; cap],
+            mask: cap - 1,
+            len: 0,
+        }
+    }
+
+    /// DRAM bytes used per cache block (arrays and table).
+    pub fn dram_bytes_per_block(&self) -> f64 {
+        let n = self.backing.len() as f64;
+        (self.backing.len() * 10 + self.table.len() * 4) as f64 / n
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn lookup(&self, block: u64) -> Option<u64> {
+        let mut i = hash(block) as usize & self.mask;
+        loop {
+            let cb = self.table[i];
+            if cb == EMPTY {
+                return None;
+            }
+            if self.backing[cb as usize] == block {
+                return Some(cb as u64);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    pub fn backing_of(&self, cb: u64) -> u64 {
+        self.backing[cb as usize]
+    }
+    pub fn valid(&self, cb: u64) -> u8 {
+        self.valid[cb as usize]
+    }
+    pub fn dirty(&self, cb: u64) -> u8 {
+        self.dirty[cb as usize]
+    }
+    pub fn set_bits(&mut self, cb: u64, valid: u8, dirty: u8) {
+        debug_assert_eq!(dirty & !valid, 0);
+        self.valid[cb as usize] = valid;
+        self.dirty[cb as usize] = dirty;
+    }
+
+    /// Maps `block` to the unused cache block `cb`. The block must not be mapped.
+    pub fn insert(&mut self, block: u64, cb: u64, valid: u8, dirty: u8) {
+        debug_assert!(block != NO_BLOCK);
+        debug_assert_eq!(self.backing[cb as usize], NO_BLOCK, "cache block in use");
+        debug_assert!(self.lookup(block).is_none(), "block already mapped");
+        self.backing[cb as usize] = block;
+        self.set_bits(cb, valid, dirty);
+        let mut i = hash(block) as usize & self.mask;
+        while self.table[i] != EMPTY {
+            i = (i + 1) & self.mask;
+        }
+        self.table[i] = cb as u32;
+        self.len += 1;
+    }
+
+    /// Unmaps cache block `cb` (which must be mapped). Backward-shift deletion keeps probes short.
+    pub fn remove(&mut self, cb: u64) {
+        let block = self.backing[cb as usize];
+        debug_assert!(block != NO_BLOCK);
+        let mut i = hash(block) as usize & self.mask;
+        while self.table[i] != cb as u32 {
+            debug_assert!(self.table[i] != EMPTY, "mapped block missing from table");
+            i = (i + 1) & self.mask;
+        }
+        let mut hole = i;
+        let mut j = (i + 1) & self.mask;
+        loop {
+            let c = self.table[j];
+            if c == EMPTY {
+                break;
+            }
+            let home = hash(self.backing[c as usize]) as usize & self.mask;
+            // Move c into the hole if its home is not cyclically in (hole, j].
+            let dist_home = j.wrapping_sub(home) & self.mask;
+            let dist_hole = j.wrapping_sub(hole) & self.mask;
+            if dist_home >= dist_hole {
+                self.table[hole] = c;
+                hole = j;
+            }
+            j = (j + 1) & self.mask;
+        }
+        self.table[hole] = EMPTY;
+        self.backing[cb as usize] = NO_BLOCK;
+        self.valid[cb as usize] = 0;
+        self.dirty[cb as usize] = 0;
+        self.len -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    proptest! {
+        #[test]
+        fn index_matches_a_hashmap(ops in proptest::collection::vec((0u8..3, 0u64..64, 0u64..48), 1..400)) {
+            let mut idx = Index::new(48);
+            let mut model: HashMap<u64, u64> = HashMap::new();
+            for (op, block, cb) in ops {
+                match op {
+                    0 => {
+                        if model.contains_key(&block) || model.values().any(|&c| c == cb) { continue; }
+                        idx.insert(block, cb, 0xff, 0x0f);
+                        model.insert(block, cb);
+                    }
+                    1 => {
+                        if let Some(cb) = model.remove(&block) { idx.remove(cb); }
+                    }
+                    _ => {}
+                }
+                for b in 0..64 {
+                    prop_assert_eq!(idx.lookup(b), model.get(&b).copied());
+                }
+                prop_assert_eq!(idx.len(), model.len());
+            }
+        }
+    }
+
+    #[test]
+    fn dram_per_block_is_within_budget() {
+        for n in [1000usize, 4096, 100_000, 1 << 20] {
+            let idx = Index::new(n);
+            assert!(idx.dram_bytes_per_block() <= 24.0, "{n}: {}", idx.dram_bytes_per_block());
+        }
+    }
+}

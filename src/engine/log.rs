@@ -1,0 +1,220 @@
+//! The log: sealing the open buffer into a segment, writing segments (concurrently, completions
+//! tracked contiguously), cache-device FLUSH with group commit, and FLUSH/FUA semantics.
+
+use super::*;
+use crate::format::segment::data_block_crc;
+use crate::format::{Entry, SegmentHeader};
+
+/// Failed attempts after which FLUSH/FUA waiting on a segment complete with an error.
+const SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR: u32 = 3;
+const RETRY_BACKOFF_MIN_NS: u64 = 1_000_000;
+const RETRY_BACKOFF_MAX_NS: u64 = 1_000_000_000;
+
+impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    /// Seals the open segment (if it holds any block) and starts its write. An empty open
+    /// segment stays open: an empty FLUSH writes no empty segment.
+    pub(super) fn seal(self: &Rc<Self>, st: &mut State) {
+        let Some(o) = st.open else { return };
+        if o.len == 0 {
+            return;
+        }
+        st.open = None;
+        let dpb = st.dpb();
+        let mut entries = Vec::with_capacity(o.len as usize);
+        {
+            let mut buf = st.bufs[o.buf].borrow_mut();
+            for j in 0..o.len as u64 {
+                let cb = o.slot * dpb + j;
+                let backing_block = st.index.backing_of(cb);
+                let off = st.cb_buf_offset(cb);
+                if backing_block == index::NO_BLOCK {
+                    entries.push(Entry::default());
+                    continue;
+                }
+                entries.push(Entry {
+                    backing_block,
+                    data_crc: data_block_crc(&buf[off..off + BLOCK]),
+                    valid_bits: st.index.valid(cb),
+                    dirty_bits: st.index.dirty(cb),
+                });
+            }
+            let header = SegmentHeader {
+                format_uuid: st.sb.format_uuid,
+                id: o.id,
+                durable_through_id: st.last_durable,
+                prev_header_crc: st.prev_header_crc,
+                flags: 0,
+                entries,
+                header_crc: 0,
+            };
+            let hb = st.geo.header_bytes();
+            st.prev_header_crc = header.encode_into(&mut buf[..hb]);
+        }
+        st.slot_len[o.slot as usize] = o.len;
+        st.last_sealed = o.id;
+        let len_bytes = (st.geo.header_blocks as usize + o.len as usize) * BLOCK;
+        let offset = st.geo.slot_offset_bytes(o.slot);
+        let this = self.clone();
+        self.rt.spawn(Box::pin(async move {
+            this.write_segment(o.id, o.buf, o.slot, offset, len_bytes).await;
+        }));
+    }
+
+    async fn write_segment(self: Rc<Self>, id: u64, buf: usize, slot: u64, offset: u64, len_bytes: usize) {
+        let mut attempts = 0u32;
+        let mut backoff = RETRY_BACKOFF_MIN_NS;
+        loop {
+            let b = self.st.borrow().bufs[buf].clone();
+            let r = {
+                let g = b.borrow();
+                self.cache.write(offset, &g[..len_bytes]).await
+            };
+            if r.is_ok() {
+                break;
+            }
+            attempts += 1;
+            {
+                let mut st = self.st.borrow_mut();
+                st.counters.cache_write_errors += 1;
+                if attempts == SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR {
+                    st.durability_error_gen += 1;
+                }
+            }
+            self.notify();
+            self.rt.sleep(backoff).await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX_NS);
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            st.counters.segments_written += 1;
+            st.counters.bytes_cache_written += len_bytes as u64;
+            st.slot_buf[slot as usize] = NO_BUF;
+            st.free_bufs.push(buf);
+            if id == st.last_written + 1 {
+                st.last_written = id;
+                loop {
+                    let next = st.last_written + 1;
+                    if !st.written_above.remove(&next) {
+                        break;
+                    }
+                    st.last_written = next;
+                }
+            } else {
+                st.written_above.insert(id);
+            }
+        }
+        self.bump_progress();
+        self.notify();
+        self.kick_flush();
+    }
+
+    /// Starts a cache-device flush when a waiter needs one and its segments are written.
+    pub(super) fn kick_flush(self: &Rc<Self>) -> bool {
+        let target = {
+            let mut st = self.st.borrow_mut();
+            if st.flush_in_flight
+                || st.flush_wanted <= st.last_durable
+                || st.last_written < st.flush_wanted.min(st.last_sealed)
+                || st.last_written <= st.last_durable
+            {
+                return false;
+            }
+            st.flush_in_flight = true;
+            st.last_written
+        };
+        let this = self.clone();
+        self.rt.spawn(Box::pin(async move {
+            let r = if cfg!(feature = "sim-canary") {
+                Ok(())
+            } else {
+                this.cache.flush().await
+            };
+            {
+                let mut st = this.st.borrow_mut();
+                st.flush_in_flight = false;
+                match r {
+                    Ok(()) => {
+                        st.last_durable = st.last_durable.max(target);
+                    }
+                    Err(_) => {
+                        st.counters.cache_flush_errors += 1;
+                        st.durability_error_gen += 1;
+                        // Waiters fail; a later FLUSH asks again.
+                        st.flush_wanted = st.last_durable;
+                    }
+                }
+            }
+            this.bump_progress();
+            this.notify();
+            this.kick_flush();
+            this.maybe_start_writeback();
+        }));
+        true
+    }
+
+    /// Waits until segment `id` is durable on the cache device. `seal_open` seals the open
+    /// segment first when it is the one holding `id`.
+    pub(super) async fn make_durable(self: &Rc<Self>, id: u64, seal_open: bool) -> Result<(), IoError> {
+        let gen = {
+            let mut st = self.st.borrow_mut();
+            if seal_open && st.open.map(|o| o.id) == Some(id) {
+                if st.open.map(|o| o.len < st.geo.data_blocks_per_segment()) == Some(true) {
+                    st.counters.nr_partial_flushed += 1;
+                }
+                self.seal(&mut st);
+            }
+            if st.last_durable >= id {
+                return Ok(());
+            }
+            st.flush_wanted = st.flush_wanted.max(id);
+            st.durability_error_gen
+        };
+        self.kick_flush();
+        self.wait_until(|st| st.last_durable >= id || st.durability_error_gen != gen)
+            .await;
+        if self.st.borrow().last_durable >= id {
+            Ok(())
+        } else {
+            Err(IoError::NotDurable)
+        }
+    }
+
+    pub(super) async fn flush_backing(&self) -> Result<(), IoError> {
+        self.st.borrow_mut().backing_needs_flush = false;
+        if let Err(e) = self.backing.flush().await {
+            let mut st = self.st.borrow_mut();
+            st.counters.backing_flush_errors += 1;
+            st.backing_needs_flush = true;
+            return Err(IoError::backing(e));
+        }
+        Ok(())
+    }
+
+    /// FLUSH: every write completed before this call becomes durable.
+    pub(super) async fn flush_all(self: &Rc<Self>) -> Result<(), IoError> {
+        let target = {
+            let mut st = self.st.borrow_mut();
+            st.counters.flushes += 1;
+            match st.open {
+                Some(o) if o.len > 0 => o.id,
+                _ => st.last_sealed,
+            }
+        };
+        if target > 0 {
+            self.make_durable(target, true).await?;
+        }
+        if self.st.borrow().backing_needs_flush {
+            self.flush_backing().await?;
+        }
+        self.bump_progress();
+        Ok(())
+    }
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
+    /// FLUSH: completes once every write completed before it is durable. An empty FLUSH (nothing
+    /// written since the last one) writes nothing.
+    pub async fn flush(&self) -> Result<(), IoError> {
+        self.inner.flush_all().await
+    }
+}

@@ -1,0 +1,401 @@
+//! The writeboost engine: a log-structured write-back cache over two [`BlockDevice`]s.
+//!
+//! Single-threaded by design: one owner thread runs every future of a volume (an SPDK thread, the
+//! offline command's executor, or the simulation). State lives in a `RefCell` that is never held
+//! across an `.await`. Pipeline stages: `write.rs` (RAM buffers, the write gate), `log.rs`
+//! (sealing, segment writes, FLUSH/FUA), `read.rs`, `writeback.rs`, `replay.rs` (create and
+//! recovery), `daemons.rs` (the step functions that pollers call).
+
+pub mod config;
+pub mod error;
+pub mod index;
+pub mod stats;
+
+mod daemons;
+mod log;
+mod read;
+mod replay;
+mod write;
+mod writeback;
+
+pub use config::{ConfigError, Options, Tunable, TUNABLES};
+pub use error::{Base, CreateError, IoError};
+pub use replay::{format_cache, scan_log, LogScan, ScannedSegment};
+pub use stats::Counters;
+
+use crate::device::{AlignedBuf, BlockDevice, DeviceInfo};
+use crate::format::{Geometry, Superblock, SECTORS_PER_BLOCK, SECTOR_SIZE_BYTES};
+use crate::runtime::Runtime;
+use index::Index;
+use serde::Serialize;
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+/// Default number of RAM segment buffers (one open, the rest sealed or being written).
+pub const DEFAULT_NR_RAM_BUFFERS: usize = 8;
+const NO_BUF: u32 = u32::MAX;
+
+/// What `create` needs besides the two devices.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub options: Options,
+    /// Used when formatting; when resuming it must match the recorded geometry if given.
+    pub segment_size_kib: Option<u32>,
+    pub force_format: bool,
+    /// UUID for a new format (the caller supplies randomness; the engine has none).
+    pub new_format_uuid: [u8; 16],
+    pub nr_ram_buffers: usize,
+}
+
+impl Default for CreateOptions {
+    fn default() -> CreateOptions {
+        CreateOptions {
+            options: Options::default(),
+            segment_size_kib: None,
+            force_format: false,
+            new_format_uuid: [0x5a; 16],
+            nr_ram_buffers: DEFAULT_NR_RAM_BUFFERS,
+        }
+    }
+}
+
+/// How `create` came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Startup {
+    Formatted,
+    Resumed,
+}
+
+/// The segment being filled.
+#[derive(Debug, Clone, Copy)]
+struct OpenSegment {
+    id: u64,
+    slot: u64,
+    buf: usize,
+    len: u32,
+}
+
+/// FIFO ordering of index-changing operations (writes, discards): a later one never overtakes
+/// an earlier one that had to wait (for space or for a read-modify-write).
+#[derive(Default)]
+struct Gate {
+    queue: VecDeque<u64>,
+    next: u64,
+}
+
+struct State {
+    geo: Geometry,
+    sb: Superblock,
+    opts: Options,
+    index: Index,
+    slot_id: Vec<u64>,
+    slot_len: Vec<u32>,
+    /// In-flight device reads of each slot (cache hits, writeback): a slot is not reused while > 0.
+    slot_readers: Vec<u32>,
+    /// RAM buffer holding the slot's current segment, or `NO_BUF` once it is on the device.
+    slot_buf: Vec<u32>,
+    bufs: Vec<Rc<RefCell<AlignedBuf>>>,
+    free_bufs: Vec<usize>,
+    open: Option<OpenSegment>,
+    next_id: u64,
+    last_sealed: u64,
+    /// Completed segment writes above `last_written` (completions may come out of order).
+    written_above: BTreeSet<u64>,
+    last_written: u64,
+    last_durable: u64,
+    last_writeback: u64,
+    prev_header_crc: u32,
+    nr_dirty: u64,
+    // FLUSH machinery.
+    flush_wanted: u64,
+    flush_in_flight: bool,
+    /// Bumped when durability failed; waiters that saw an older value fail.
+    durability_error_gen: u64,
+    backing_needs_flush: bool,
+    // Writeback.
+    writeback_in_flight: bool,
+    writeback_retry_at_ns: u64,
+    writeback_backoff_ns: u64,
+    nr_cur_batched_writeback: u64,
+    drop_caches_active: u32,
+    space_waiters: u32,
+    shutting_down: bool,
+    // Backing load, foreground I/O only.
+    backing_fg_inflight: u32,
+    backing_busy_since_ns: u64,
+    backing_busy_ns: u64,
+    util_sample_at_ns: u64,
+    util_sample_busy_ns: u64,
+    backing_util_pct: u64,
+    // Read caching.
+    /// Blocks a read may stage, with the token of the read allowed to.
+    staging: HashMap<u64, u64>,
+    staging_token: u64,
+    seq_next_block: u64,
+    seq_run_blocks: u64,
+    // Superblock record and sync.
+    record_seq: u64,
+    record_in_flight: bool,
+    last_record_ns: u64,
+    last_sync_ns: u64,
+    gate: Gate,
+    counters: Counters,
+}
+
+struct Inner<D: BlockDevice, R: Runtime> {
+    cache: D,
+    backing: D,
+    cache_info: DeviceInfo,
+    backing_info: DeviceInfo,
+    rt: R,
+    st: RefCell<State>,
+    waiters: RefCell<Vec<Waker>>,
+    /// Polls that made progress, for pollers that report BUSY/IDLE.
+    progress: Cell<u64>,
+}
+
+/// A writeboost volume. Cheap to clone; all clones are the same volume.
+pub struct Volume<D: BlockDevice + 'static, R: Runtime> {
+    inner: Rc<Inner<D, R>>,
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Clone for Volume<D, R> {
+    fn clone(&self) -> Self {
+        Volume {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// The status fields of dm-writeboost plus ours.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub cursor_pos: u64,
+    pub nr_cache_blocks: u64,
+    pub nr_segments: u64,
+    pub current_id: u64,
+    pub last_flushed_id: u64,
+    pub last_writeback_id: u64,
+    pub nr_dirty_cache_blocks: u64,
+    pub nr_partial_flushed: u64,
+    pub nr_cur_batched_writeback: u64,
+    pub backing_util_pct: u64,
+    pub segment_size_kib: u32,
+    pub format_uuid: String,
+    pub dram_bytes_per_cache_block: f64,
+    pub options: Options,
+    pub counters: Counters,
+}
+
+fn mask_of(first_sector: u32, nr: u32) -> u8 {
+    debug_assert!(first_sector + nr <= SECTORS_PER_BLOCK && nr > 0);
+    (((1u16 << nr) - 1) << first_sector) as u8
+}
+
+/// Maximal runs of set bits: (first sector, count).
+fn runs(mask: u8) -> impl Iterator<Item = (u32, u32)> {
+    let mut m = mask as u32;
+    std::iter::from_fn(move || {
+        if m == 0 {
+            return None;
+        }
+        let start = m.trailing_zeros();
+        let len = (m >> start).trailing_ones();
+        m &= !(((1u32 << len) - 1) << start);
+        Some((start, len))
+    })
+}
+
+const SECTOR: usize = SECTOR_SIZE_BYTES as usize;
+const BLOCK: usize = crate::format::BLOCK_SIZE_BYTES as usize;
+
+impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    fn notify(&self) {
+        let ws: Vec<Waker> = std::mem::take(&mut *self.waiters.borrow_mut());
+        for w in ws {
+            w.wake();
+        }
+    }
+
+    /// Waits until `cond` holds; re-checked on every state change.
+    fn wait_until<'a>(&'a self, mut cond: impl FnMut(&State) -> bool + 'a) -> impl Future<Output = ()> + 'a {
+        std::future::poll_fn(move |cx| {
+            if cond(&self.st.borrow()) {
+                return Poll::Ready(());
+            }
+            self.waiters.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    fn bump_progress(&self) {
+        self.progress.set(self.progress.get() + 1);
+    }
+
+    async fn gate_enter(&self) -> u64 {
+        let t = {
+            let mut st = self.st.borrow_mut();
+            let t = st.gate.next;
+            st.gate.next += 1;
+            st.gate.queue.push_back(t);
+            t
+        };
+        self.wait_until(move |st| st.gate.queue.front() == Some(&t)).await;
+        t
+    }
+
+    fn gate_exit(&self, t: u64) {
+        let mut st = self.st.borrow_mut();
+        let front = st.gate.queue.pop_front();
+        debug_assert_eq!(front, Some(t));
+        drop(st);
+        self.notify();
+    }
+
+    fn backing_fg_begin(&self) {
+        let now = self.rt.now_ns();
+        let mut st = self.st.borrow_mut();
+        if st.backing_fg_inflight == 0 {
+            st.backing_busy_since_ns = now;
+        }
+        st.backing_fg_inflight += 1;
+    }
+
+    fn backing_fg_end(&self) {
+        let now = self.rt.now_ns();
+        let mut st = self.st.borrow_mut();
+        st.backing_fg_inflight -= 1;
+        if st.backing_fg_inflight == 0 {
+            st.backing_busy_ns += now.saturating_sub(st.backing_busy_since_ns);
+        }
+    }
+}
+
+impl State {
+    fn dpb(&self) -> u64 {
+        self.geo.data_blocks_per_segment() as u64
+    }
+    fn slot_of_cb(&self, cb: u64) -> u64 {
+        cb / self.dpb()
+    }
+    fn cb_in_ram(&self, cb: u64) -> Option<usize> {
+        let b = self.slot_buf[self.slot_of_cb(cb) as usize];
+        (b != NO_BUF).then_some(b as usize)
+    }
+    /// Byte offset of cache block `cb` inside its segment image.
+    fn cb_buf_offset(&self, cb: u64) -> usize {
+        ((self.geo.header_blocks as u64 + cb % self.dpb()) as usize) * BLOCK
+    }
+    fn cb_device_offset(&self, cb: u64) -> u64 {
+        self.geo
+            .data_block_offset_bytes(self.slot_of_cb(cb), (cb % self.dpb()) as u32)
+    }
+    fn size_sectors(backing: &DeviceInfo) -> u64 {
+        backing.size_bytes / SECTOR_SIZE_BYTES as u64
+    }
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
+    /// Size of the volume in 512-byte sectors (the backing device's size).
+    pub fn size_sectors(&self) -> u64 {
+        State::size_sectors(&self.inner.backing_info)
+    }
+
+    pub fn cache_info(&self) -> &DeviceInfo {
+        &self.inner.cache_info
+    }
+
+    pub fn backing_info(&self) -> &DeviceInfo {
+        &self.inner.backing_info
+    }
+
+    pub fn superblock(&self) -> Superblock {
+        self.inner.st.borrow().sb.clone()
+    }
+
+    pub fn options(&self) -> Options {
+        self.inner.st.borrow().opts.clone()
+    }
+
+    /// Changes a dynamic tunable.
+    pub fn set_option(&self, key: &str, value: u64) -> Result<(), ConfigError> {
+        self.inner.st.borrow_mut().opts.set(key, value, false)?;
+        self.inner.notify();
+        Ok(())
+    }
+
+    pub fn clear_stats(&self) {
+        let mut st = self.inner.st.borrow_mut();
+        st.counters = Counters::default();
+    }
+
+    /// Counter of polls that did work; pollers compare it before and after to report BUSY.
+    pub fn progress(&self) -> u64 {
+        self.inner.progress.get()
+    }
+
+    pub fn status(&self) -> Status {
+        let st = self.inner.st.borrow();
+        let cursor_pos = match st.open {
+            Some(o) => o.slot * st.dpb() + o.len as u64,
+            None => st.geo.slot_of_id(st.next_id) * st.dpb(),
+        };
+        Status {
+            cursor_pos,
+            nr_cache_blocks: st.geo.nr_cache_blocks(),
+            nr_segments: st.geo.nr_segments,
+            current_id: st.open.map(|o| o.id).unwrap_or(st.next_id),
+            last_flushed_id: st.last_durable,
+            last_writeback_id: st.last_writeback,
+            nr_dirty_cache_blocks: st.nr_dirty,
+            nr_partial_flushed: st.counters.nr_partial_flushed,
+            nr_cur_batched_writeback: st.nr_cur_batched_writeback,
+            backing_util_pct: st.backing_util_pct,
+            segment_size_kib: st.geo.segment_size_bytes / 1024,
+            format_uuid: crate::format::uuid_to_string(&st.sb.format_uuid),
+            dram_bytes_per_cache_block: st.index.dram_bytes_per_block(),
+            options: st.opts.clone(),
+            counters: st.counters.clone(),
+        }
+    }
+
+    fn check_range(&self, offset_sectors: u64, nr_sectors: u64) -> Result<(), IoError> {
+        let size_sectors = self.size_sectors();
+        if nr_sectors == 0 || offset_sectors.checked_add(nr_sectors).is_none_or(|e| e > size_sectors) {
+            return Err(IoError::OutOfRange {
+                offset_sectors,
+                nr_sectors,
+                size_sectors,
+            });
+        }
+        Ok(())
+    }
+
+    /// Consistency checks of the in-core state (tests call this after every step).
+    pub fn check_invariants(&self) {
+        let st = self.inner.st.borrow();
+        assert!(st.last_writeback <= st.last_durable, "writeback ahead of durable");
+        assert!(st.last_durable <= st.last_written, "durable ahead of written");
+        assert!(st.last_written <= st.last_sealed, "written ahead of sealed");
+        let open_id = st.open.map(|o| o.id).unwrap_or(st.next_id);
+        assert!(open_id - st.last_writeback <= st.geo.nr_segments, "log overran writeback");
+        let mut dirty = 0;
+        for cb in 0..st.geo.nr_cache_blocks() {
+            let b = st.index.backing_of(cb);
+            if b == index::NO_BLOCK {
+                continue;
+            }
+            assert_eq!(st.index.lookup(b), Some(cb), "index inconsistent for block {b}");
+            assert_eq!(st.index.dirty(cb) & !st.index.valid(cb), 0);
+            if st.index.dirty(cb) != 0 {
+                dirty += 1;
+                let id = st.slot_id[st.slot_of_cb(cb) as usize];
+                assert!(id > st.last_writeback, "dirty block {b} in written-back segment {id}");
+            }
+        }
+        assert_eq!(dirty, st.nr_dirty, "nr_dirty drifted");
+    }
+}

@@ -1,0 +1,224 @@
+//! The read path: sectors come from RAM buffers (open or sealed, copied at once), from the cache
+//! device, or from the backing device; contiguous pieces are read with one I/O each. Read misses
+//! of whole blocks may be staged into the log as clean blocks (read caching).
+
+use super::*;
+use crate::engine::stats::stat_index;
+
+/// One device read of the plan.
+struct Piece {
+    base: Base,
+    device_offset_bytes: u64,
+    len_bytes: usize,
+    out_offset_bytes: usize,
+    /// Slot pinned for a cache read.
+    slot: Option<u64>,
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    fn stage_blocks(self: &Rc<Self>, token: u64, blocks: &[u64], out: &[u8], out_first_sector: u64) {
+        let mut st = self.st.borrow_mut();
+        let spb = SECTORS_PER_BLOCK as u64;
+        for &block in blocks {
+            // The mark must still be this read's: a write or discard since the read began
+            // removed it, a later read replaced it. Staging never waits behind queued writes.
+            if st.staging.get(&block) != Some(&token) {
+                continue;
+            }
+            st.staging.remove(&block);
+            if !st.gate.queue.is_empty() || st.index.lookup(block).is_some() {
+                continue;
+            }
+            if !self.ensure_open_with_room(&mut st) {
+                continue;
+            }
+            let dpb = st.dpb();
+            let o = st.open.as_mut().expect("open");
+            let cb = o.slot * dpb + o.len as u64;
+            o.len += 1;
+            let o = *o;
+            let off = st.cb_buf_offset(cb);
+            let src = ((block * spb - out_first_sector) as usize) * SECTOR;
+            st.bufs[o.buf].borrow_mut()[off..off + BLOCK].copy_from_slice(&out[src..src + BLOCK]);
+            st.index.insert(block, cb, 0xff, 0);
+            st.counters.staged_blocks += 1;
+        }
+    }
+
+    pub(super) async fn read_into(self: &Rc<Self>, offset_sectors: u64, out: &mut [u8]) -> Result<(), IoError> {
+        let spb = SECTORS_PER_BLOCK as u64;
+        let nr_sectors = (out.len() / SECTOR) as u64;
+        let end = offset_sectors + nr_sectors;
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut stage: Vec<u64> = Vec::new();
+        let token;
+        {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let first_block = offset_sectors / spb;
+            let last_block = (end - 1) / spb;
+            let nr_blocks = last_block - first_block + 1;
+            if first_block == st.seq_next_block {
+                st.seq_run_blocks += nr_blocks;
+            } else {
+                st.seq_run_blocks = nr_blocks;
+            }
+            st.seq_next_block = last_block + 1;
+            let threshold = st.opts.read_cache_threshold;
+            let may_stage = threshold > 0 && st.seq_run_blocks <= threshold;
+            st.staging_token += 1;
+            token = st.staging_token;
+            let mut sector = offset_sectors;
+            while sector < end {
+                let block = sector / spb;
+                let first = (sector % spb) as u32;
+                let nr = ((spb - first as u64).min(end - sector)) as u32;
+                let mask = mask_of(first, nr);
+                let fullsize = mask == 0xff;
+                let out_block_start = (block * spb) as i64 - offset_sectors as i64;
+                let cb = st.index.lookup(block);
+                let on_buffer = match (cb, st.open) {
+                    (Some(cb), Some(o)) => st.slot_of_cb(cb) == o.slot,
+                    _ => false,
+                };
+                st.counters.stat[stat_index(false, cb.is_some(), on_buffer, fullsize)] += 1;
+                let (cached, from_backing) = match cb {
+                    Some(cb) => (mask & st.index.valid(cb), mask & !st.index.valid(cb)),
+                    None => (0, mask),
+                };
+                if let Some(cb) = cb {
+                    if cached != 0 {
+                        match st.cb_in_ram(cb) {
+                            Some(b) => {
+                                let off = st.cb_buf_offset(cb);
+                                let buf = st.bufs[b].borrow();
+                                for (s, n) in runs(cached) {
+                                    let o = ((out_block_start + s as i64) as usize) * SECTOR;
+                                    let a = off + s as usize * SECTOR;
+                                    out[o..o + n as usize * SECTOR].copy_from_slice(&buf[a..a + n as usize * SECTOR]);
+                                }
+                            }
+                            None => {
+                                let slot = st.slot_of_cb(cb);
+                                for (s, n) in runs(cached) {
+                                    let dev = st.cb_device_offset(cb) + (s as usize * SECTOR) as u64;
+                                    let o = ((out_block_start + s as i64) as usize) * SECTOR;
+                                    let len = n as usize * SECTOR;
+                                    match pieces.last_mut() {
+                                        Some(p)
+                                            if p.base == Base::Cache
+                                                && p.slot == Some(slot)
+                                                && p.device_offset_bytes + p.len_bytes as u64 == dev
+                                                && p.out_offset_bytes + p.len_bytes == o =>
+                                        {
+                                            p.len_bytes += len;
+                                        }
+                                        _ => {
+                                            st.slot_readers[slot as usize] += 1;
+                                            pieces.push(Piece {
+                                                base: Base::Cache,
+                                                device_offset_bytes: dev,
+                                                len_bytes: len,
+                                                out_offset_bytes: o,
+                                                slot: Some(slot),
+                                            });
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                for (s, n) in runs(from_backing) {
+                    let dev = (block * spb + s as u64) * SECTOR_SIZE_BYTES as u64;
+                    let o = ((out_block_start + s as i64) as usize) * SECTOR;
+                    let len = n as usize * SECTOR;
+                    match pieces.last_mut() {
+                        Some(p)
+                            if p.base == Base::Backing
+                                && p.device_offset_bytes + p.len_bytes as u64 == dev
+                                && p.out_offset_bytes + p.len_bytes == o =>
+                        {
+                            p.len_bytes += len;
+                        }
+                        _ => pieces.push(Piece {
+                            base: Base::Backing,
+                            device_offset_bytes: dev,
+                            len_bytes: len,
+                            out_offset_bytes: o,
+                            slot: None,
+                        }),
+                    }
+                }
+                if may_stage && fullsize && cb.is_none() {
+                    st.staging.insert(block, token);
+                    stage.push(block);
+                }
+                sector += nr as u64;
+            }
+            st.counters.bytes_read += out.len() as u64;
+        }
+        let has_backing = pieces.iter().any(|p| p.base == Base::Backing);
+        if has_backing {
+            self.backing_fg_begin();
+        }
+        let reads = pieces.iter().map(|p| async move {
+            let mut buf = AlignedBuf::zeroed(p.len_bytes);
+            let r = match p.base {
+                Base::Cache => self.cache.read(p.device_offset_bytes, &mut buf).await,
+                Base::Backing => self.backing.read(p.device_offset_bytes, &mut buf).await,
+            };
+            (buf, r)
+        });
+        let results = futures::future::join_all(reads).await;
+        if has_backing {
+            self.backing_fg_end();
+        }
+        let mut first_err = None;
+        {
+            let mut st = self.st.borrow_mut();
+            for (p, (buf, r)) in pieces.iter().zip(results) {
+                if let Some(slot) = p.slot {
+                    st.slot_readers[slot as usize] -= 1;
+                }
+                match (p.base, r) {
+                    (Base::Cache, Ok(())) => st.counters.bytes_cache_read += p.len_bytes as u64,
+                    (Base::Backing, Ok(())) => st.counters.bytes_backing_read += p.len_bytes as u64,
+                    (base, Err(e)) => {
+                        match base {
+                            Base::Cache => st.counters.cache_read_errors += 1,
+                            Base::Backing => st.counters.backing_read_errors += 1,
+                        }
+                        first_err.get_or_insert(IoError::Device { base, source: e });
+                        continue;
+                    }
+                }
+                out[p.out_offset_bytes..p.out_offset_bytes + p.len_bytes].copy_from_slice(&buf);
+            }
+        }
+        self.notify();
+        self.bump_progress();
+        if let Some(e) = first_err {
+            let mut st = self.st.borrow_mut();
+            for b in &stage {
+                if st.staging.get(b) == Some(&token) {
+                    st.staging.remove(b);
+                }
+            }
+            return Err(e);
+        }
+        if !stage.is_empty() {
+            self.stage_blocks(token, &stage, out, offset_sectors);
+        }
+        Ok(())
+    }
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
+    /// Reads `out.len()` bytes (a multiple of 512) at `offset_sectors`: always the newest data.
+    pub async fn read(&self, offset_sectors: u64, out: &mut [u8]) -> Result<(), IoError> {
+        assert!(out.len() % SECTOR == 0, "read length is not a multiple of 512");
+        self.check_range(offset_sectors, (out.len() / SECTOR) as u64)?;
+        self.inner.read_into(offset_sectors, out).await
+    }
+}

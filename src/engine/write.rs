@@ -1,0 +1,436 @@
+//! The write path: RAM buffers, hits on the open buffer, invalidation of older copies,
+//! partial-block merges, write-around, discard and write-zeroes.
+
+use super::*;
+use crate::engine::stats::stat_index;
+
+/// Outcome of trying to place one block in the open buffer.
+enum Place {
+    /// Applied; the block lives in segment `id`.
+    Done { id: u64 },
+    /// No free segment or RAM buffer: wait for the flusher or for writeback.
+    NeedSpace,
+    /// The older copy on the cache device has dirty sectors this write does not cover: read it.
+    NeedOldCopy { cb: u64 },
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    /// Opens a new segment if none is open, or seals the full one and opens the next.
+    /// Returns false when space is not available yet.
+    pub(super) fn ensure_open_with_room(self: &Rc<Self>, st: &mut State) -> bool {
+        if let Some(o) = st.open {
+            if o.len < st.geo.data_blocks_per_segment() {
+                return true;
+            }
+            self.seal(st);
+        }
+        self.try_open_segment(st)
+    }
+
+    fn try_open_segment(&self, st: &mut State) -> bool {
+        debug_assert!(st.open.is_none());
+        let id = st.next_id;
+        let slot = st.geo.slot_of_id(id);
+        let nr = st.geo.nr_segments;
+        if st.free_bufs.is_empty()
+            || (id > nr && st.last_writeback < id - nr)
+            || st.slot_readers[slot as usize] != 0
+            || st.slot_buf[slot as usize] != NO_BUF
+        {
+            return false;
+        }
+        let buf = st.free_bufs.pop().expect("checked");
+        // Evict what the slot held: all of it is clean (written back).
+        let dpb = st.dpb();
+        for j in 0..st.slot_len[slot as usize] as u64 {
+            let cb = slot * dpb + j;
+            if st.index.backing_of(cb) != index::NO_BLOCK {
+                assert_eq!(st.index.dirty(cb), 0, "reusing slot {slot} with dirty data");
+                st.index.remove(cb);
+            }
+        }
+        st.slot_id[slot as usize] = id;
+        st.slot_len[slot as usize] = 0;
+        st.slot_buf[slot as usize] = buf as u32;
+        st.open = Some(OpenSegment {
+            id,
+            slot,
+            buf,
+            len: 0,
+        });
+        st.next_id += 1;
+        true
+    }
+
+    /// Places one block of a write. `data` holds the sectors of `mask` (in order); `old_copy`
+    /// is the full old block when a previous attempt asked for it.
+    fn place_block(
+        self: &Rc<Self>,
+        st: &mut State,
+        block: u64,
+        mask: u8,
+        data: &[u8],
+        old_copy: Option<(u64, &[u8])>,
+    ) -> Place {
+        let fullsize = mask == 0xff;
+        let old = st.index.lookup(block);
+        st.staging.remove(&block);
+        // Hit on the open buffer: overwrite in place.
+        if let (Some(cb), Some(o)) = (old, st.open) {
+            if st.slot_of_cb(cb) == o.slot {
+                let off = st.cb_buf_offset(cb);
+                copy_sectors_in(&mut st.bufs[o.buf].borrow_mut()[off..off + BLOCK], mask, data);
+                let (v, d) = (st.index.valid(cb), st.index.dirty(cb));
+                if d == 0 {
+                    st.nr_dirty += 1;
+                }
+                st.index.set_bits(cb, v | mask, d | mask);
+                st.counters.stat[stat_index(true, true, true, fullsize)] += 1;
+                return Place::Done { id: o.id };
+            }
+        }
+        if !self.ensure_open_with_room(st) {
+            return Place::NeedSpace;
+        }
+        // Opening a segment may have evicted a clean old copy: look again.
+        let old = st.index.lookup(block);
+        let mut need = 0u8;
+        let mut old_in_ram = None;
+        if let Some(cb) = old {
+            let (v, d) = (st.index.valid(cb), st.index.dirty(cb));
+            old_in_ram = st.cb_in_ram(cb);
+            need = if old_in_ram.is_some() { v & !mask } else { d & !mask };
+            if need != 0 && old_in_ram.is_none() && old_copy.map(|(c, _)| c) != Some(cb) {
+                return Place::NeedOldCopy { cb };
+            }
+        }
+        let o = st.open.as_mut().expect("open");
+        let cb = o.slot * st.geo.data_blocks_per_segment() as u64 + o.len as u64;
+        o.len += 1;
+        let o = *o;
+        let off = st.cb_buf_offset(cb);
+        let mut valid = mask;
+        let mut dirty = mask;
+        {
+            let mut buf = st.bufs[o.buf].borrow_mut();
+            let dst = &mut buf[off..off + BLOCK];
+            copy_sectors_in(dst, mask, data);
+            if let Some(old_cb) = old {
+                if need != 0 {
+                    let od = st.index.dirty(old_cb);
+                    match old_in_ram {
+                        Some(b) => {
+                            let ooff = st.cb_buf_offset(old_cb);
+                            if b == o.buf {
+                                unreachable!("open-buffer hits are handled above");
+                            }
+                            let src = st.bufs[b].borrow();
+                            copy_sectors_between(dst, &src[ooff..ooff + BLOCK], need);
+                        }
+                        None => {
+                            let (_, src) = old_copy.expect("old copy read");
+                            copy_sectors_between(dst, src, need);
+                        }
+                    }
+                    valid |= need;
+                    dirty |= need & od;
+                }
+            }
+        }
+        if let Some(old_cb) = old {
+            if st.index.dirty(old_cb) != 0 {
+                st.nr_dirty -= 1;
+            }
+            st.index.remove(old_cb);
+        }
+        st.index.insert(block, cb, valid, dirty);
+        st.nr_dirty += 1;
+        st.counters.stat[stat_index(true, old.is_some(), false, fullsize)] += 1;
+        Place::Done { id: o.id }
+    }
+
+    async fn read_old_copy(&self, cb: u64) -> Result<AlignedBuf, IoError> {
+        let (off, slot) = {
+            let mut st = self.st.borrow_mut();
+            let slot = st.slot_of_cb(cb);
+            st.slot_readers[slot as usize] += 1;
+            (st.cb_device_offset(cb), slot)
+        };
+        let mut buf = AlignedBuf::zeroed(BLOCK);
+        let r = self.cache.read(off, &mut buf).await;
+        let mut st = self.st.borrow_mut();
+        st.slot_readers[slot as usize] -= 1;
+        st.counters.bytes_cache_read += BLOCK as u64;
+        if let Err(e) = r {
+            st.counters.cache_read_errors += 1;
+            return Err(IoError::cache(e));
+        }
+        drop(st);
+        self.notify();
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset_sectors` into the log. Returns the newest segment id touched.
+    async fn write_to_log(self: &Rc<Self>, offset_sectors: u64, data: &[u8]) -> Result<u64, IoError> {
+        let ticket = self.gate_enter().await;
+        let r = self.write_to_log_gated(offset_sectors, data).await;
+        self.gate_exit(ticket);
+        r
+    }
+
+    async fn write_to_log_gated(self: &Rc<Self>, offset_sectors: u64, data: &[u8]) -> Result<u64, IoError> {
+        let spb = SECTORS_PER_BLOCK as u64;
+        let end = offset_sectors + (data.len() / SECTOR) as u64;
+        let mut sector = offset_sectors;
+        let mut last_id = 0;
+        let mut waited = false;
+        while sector < end {
+            let block = sector / spb;
+            let first = (sector % spb) as u32;
+            let nr = ((spb - first as u64).min(end - sector)) as u32;
+            let mask = mask_of(first, nr);
+            let src_off = ((sector - offset_sectors) as usize) * SECTOR;
+            let src = &data[src_off..src_off + nr as usize * SECTOR];
+            let mut old_copy: Option<(u64, AlignedBuf)> = None;
+            loop {
+                let placed = {
+                    let mut st = self.st.borrow_mut();
+                    self.place_block(
+                        &mut st,
+                        block,
+                        mask,
+                        src,
+                        old_copy.as_ref().map(|(c, b)| (*c, &b[..])),
+                    )
+                };
+                match placed {
+                    Place::Done { id } => {
+                        last_id = id;
+                        break;
+                    }
+                    Place::NeedOldCopy { cb } => {
+                        old_copy = Some((cb, self.read_old_copy(cb).await?));
+                    }
+                    Place::NeedSpace => {
+                        if !waited {
+                            waited = true;
+                            self.st.borrow_mut().counters.write_waits_for_space += 1;
+                        }
+                        {
+                            let mut st = self.st.borrow_mut();
+                            st.space_waiters += 1;
+                            st.flush_wanted = st.flush_wanted.max(st.last_sealed);
+                        }
+                        self.maybe_start_writeback();
+                        self.kick_flush();
+                        self.wait_until(|st| st.space_available()).await;
+                        self.st.borrow_mut().space_waiters -= 1;
+                    }
+                }
+            }
+            sector += nr as u64;
+        }
+        self.st.borrow_mut().counters.bytes_written += data.len() as u64;
+        self.bump_progress();
+        Ok(last_id)
+    }
+
+    /// Write-around: invalidate cached copies and write to the backing device.
+    async fn write_around(self: &Rc<Self>, offset_sectors: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
+        let ticket = self.gate_enter().await;
+        self.invalidate_range(offset_sectors, (data.len() / SECTOR) as u64, true);
+        self.gate_exit(ticket);
+        self.backing_fg_begin();
+        let r = self
+            .backing
+            .write(offset_sectors * SECTOR_SIZE_BYTES as u64, data)
+            .await;
+        self.backing_fg_end();
+        // A read that started before this write may have staged the old data meanwhile.
+        self.invalidate_range(offset_sectors, (data.len() / SECTOR) as u64, true);
+        let mut st = self.st.borrow_mut();
+        if let Err(e) = r {
+            st.counters.backing_write_errors += 1;
+            return Err(IoError::backing(e));
+        }
+        st.backing_needs_flush = true;
+        st.counters.bytes_written += data.len() as u64;
+        drop(st);
+        if fua {
+            self.flush_backing().await?;
+        }
+        Ok(())
+    }
+
+    /// Drops cached copies of every block the range touches (`partial_too`) or covers fully.
+    pub(super) fn invalidate_range(&self, offset_sectors: u64, nr_sectors: u64, partial_too: bool) {
+        let spb = SECTORS_PER_BLOCK as u64;
+        let (first, last) = if partial_too {
+            (offset_sectors / spb, (offset_sectors + nr_sectors).div_ceil(spb))
+        } else {
+            (offset_sectors.div_ceil(spb), (offset_sectors + nr_sectors) / spb)
+        };
+        if first >= last {
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        let drop_cb = |st: &mut State, cb: u64| {
+            if st.index.dirty(cb) != 0 {
+                st.nr_dirty -= 1;
+            }
+            st.index.remove(cb);
+        };
+        if last - first <= st.geo.nr_cache_blocks() {
+            for block in first..last {
+                st.staging.remove(&block);
+                if let Some(cb) = st.index.lookup(block) {
+                    drop_cb(&mut st, cb);
+                }
+            }
+        } else {
+            st.staging.retain(|b, _| *b < first || *b >= last);
+            for cb in 0..st.geo.nr_cache_blocks() {
+                let b = st.index.backing_of(cb);
+                if b != index::NO_BLOCK && b >= first && b < last {
+                    drop_cb(&mut st, cb);
+                }
+            }
+        }
+        drop(st);
+        self.notify();
+    }
+}
+
+impl State {
+    /// True when a segment can be opened (or the open one has room).
+    pub(super) fn space_available(&self) -> bool {
+        if let Some(o) = self.open {
+            if o.len < self.geo.data_blocks_per_segment() {
+                return true;
+            }
+        }
+        let id = self.next_id + self.open.is_some() as u64;
+        let slot = self.geo.slot_of_id(id) as usize;
+        let nr = self.geo.nr_segments;
+        // Sealing the open segment frees nothing, so a buffer must be free besides it.
+        !self.free_bufs.is_empty()
+            && (id <= nr || self.last_writeback >= id - nr)
+            && self.slot_readers[slot] == 0
+            && self.slot_buf[slot] == NO_BUF
+    }
+}
+
+/// Copies the sectors of `mask` from `src` (packed, in order) into a block.
+fn copy_sectors_in(block: &mut [u8], mask: u8, src: &[u8]) {
+    let mut s = 0;
+    for (first, nr) in runs(mask) {
+        let (a, n) = (first as usize * SECTOR, nr as usize * SECTOR);
+        block[a..a + n].copy_from_slice(&src[s..s + n]);
+        s += n;
+    }
+}
+
+/// Copies the sectors of `mask` between two blocks at the same positions.
+fn copy_sectors_between(dst: &mut [u8], src: &[u8], mask: u8) {
+    for (first, nr) in runs(mask) {
+        let (a, n) = (first as usize * SECTOR, nr as usize * SECTOR);
+        dst[a..a + n].copy_from_slice(&src[a..a + n]);
+    }
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
+    /// Writes `data` (a multiple of 512 bytes) at `offset_sectors`. Without `fua` it completes once
+    /// the data is in a RAM buffer; with `fua` once its segment is durable on the cache device.
+    pub async fn write(&self, offset_sectors: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
+        assert!(data.len() % SECTOR == 0, "write length is not a multiple of 512");
+        self.check_range(offset_sectors, (data.len() / SECTOR) as u64)?;
+        let inner = &self.inner;
+        if fua {
+            inner.st.borrow_mut().counters.fua_writes += 1;
+        }
+        if inner.st.borrow().opts.write_around_mode {
+            {
+                let mut st = inner.st.borrow_mut();
+                let spb = SECTORS_PER_BLOCK as u64;
+                let mut s = offset_sectors;
+                let end = offset_sectors + (data.len() / SECTOR) as u64;
+                while s < end {
+                    let nr = (spb - s % spb).min(end - s);
+                    let hit = st.index.lookup(s / spb).is_some();
+                    st.counters.stat[stat_index(true, hit, false, nr == spb)] += 1;
+                    s += nr;
+                }
+            }
+            return inner.write_around(offset_sectors, data, fua).await;
+        }
+        let id = inner.write_to_log(offset_sectors, data).await?;
+        if fua {
+            inner.make_durable(id, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Discard/unmap: cached copies of fully covered blocks are dropped (they are never written
+    /// back) and the range is discarded on the backing device. Contents become undefined.
+    pub async fn discard(&self, offset_sectors: u64, nr_sectors: u64) -> Result<(), IoError> {
+        self.check_range(offset_sectors, nr_sectors)?;
+        let inner = &self.inner;
+        let ticket = inner.gate_enter().await;
+        inner.invalidate_range(offset_sectors, nr_sectors, false);
+        inner.gate_exit(ticket);
+        inner.st.borrow_mut().counters.discards += 1;
+        let r = inner
+            .backing
+            .discard(
+                offset_sectors * SECTOR_SIZE_BYTES as u64,
+                nr_sectors * SECTOR_SIZE_BYTES as u64,
+            )
+            .await;
+        if let Err(e) = r {
+            // Discard is advisory on the backing device; count it, do not fail the I/O.
+            if !matches!(e, crate::device::DeviceError::Unsupported { .. }) {
+                inner.st.borrow_mut().counters.backing_write_errors += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write-zeroes: zeroes are written through the log like any data (so the usual ordering and
+    /// durability rules hold), in chunks of at most 1 MiB.
+    pub async fn write_zeroes(&self, offset_sectors: u64, nr_sectors: u64, fua: bool) -> Result<(), IoError> {
+        self.check_range(offset_sectors, nr_sectors)?;
+        const CHUNK_SECTORS: u64 = 2048;
+        let zeroes = vec![0u8; (CHUNK_SECTORS.min(nr_sectors) as usize) * SECTOR];
+        let mut s = offset_sectors;
+        let end = offset_sectors + nr_sectors;
+        while s < end {
+            let n = CHUNK_SECTORS.min(end - s);
+            self.write(s, &zeroes[..n as usize * SECTOR], fua && s + n == end).await?;
+            s += n;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_masks() {
+        assert_eq!(runs(0xff).collect::<Vec<_>>(), vec![(0, 8)]);
+        assert_eq!(runs(0b1011_0001).collect::<Vec<_>>(), vec![(0, 1), (4, 2), (7, 1)]);
+        assert_eq!(mask_of(0, 8), 0xff);
+        assert_eq!(mask_of(3, 2), 0b0001_1000);
+    }
+
+    #[test]
+    fn copy_sectors_in_packs_in_order() {
+        let mut block = vec![0u8; BLOCK];
+        let src: Vec<u8> = (0..2 * SECTOR).map(|i| (i / SECTOR + 1) as u8).collect();
+        copy_sectors_in(&mut block, 0b1000_0010, &src);
+        assert_eq!(block[SECTOR], 1);
+        assert_eq!(block[7 * SECTOR], 2);
+        assert_eq!(block[0], 0);
+    }
+}

@@ -1,0 +1,97 @@
+//! The on-disk format: pure little-endian encoders and decoders over byte slices, CRC-32C.
+//!
+//! Every structure is documented byte by byte in `docs/FORMAT.md`. Decoders check, in this order:
+//! magic, CRC (its own field excluded), version, then ranges; they never panic on arbitrary bytes.
+
+pub mod record;
+pub mod segment;
+pub mod superblock;
+
+pub use record::{Record, RECORD_FLAG_CLEAN_SHUTDOWN};
+pub use segment::{Entry, SegmentHeader, ENTRY_SIZE_BYTES, SEGMENT_HEADER_FIXED_BYTES};
+pub use superblock::{Geometry, Superblock};
+
+/// Size of a cache block (the unit of the index) and of every metadata block.
+pub const BLOCK_SIZE_BYTES: u32 = 4096;
+/// Size of a sector: the granularity of the valid/dirty bits.
+pub const SECTOR_SIZE_BYTES: u32 = 512;
+/// Sectors per cache block.
+pub const SECTORS_PER_BLOCK: u32 = BLOCK_SIZE_BYTES / SECTOR_SIZE_BYTES;
+/// Byte offset of the first segment slot: block 0 is the superblock, blocks 1 and 2 hold the two
+/// copies of the superblock record, the rest of the first MiB is reserved.
+pub const DATA_START_BYTES: u64 = 1 << 20;
+/// Byte offsets of the two superblock record copies.
+pub const RECORD_OFFSETS_BYTES: [u64; 2] = [4096, 8192];
+
+/// Format version written by this build. A larger major is refused; a larger minor is read.
+pub const VERSION_MAJOR: u32 = 1;
+pub const VERSION_MINOR: u32 = 0;
+
+/// Segment size bounds (KiB): a power of two in this range.
+pub const SEGMENT_SIZE_KIB_MIN: u32 = 16;
+pub const SEGMENT_SIZE_KIB_MAX: u32 = 4096;
+pub const SEGMENT_SIZE_KIB_DEFAULT: u32 = 512;
+
+/// Why a structure failed to decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("buffer too short: {found} bytes, need {need}")]
+    TooShort { need: usize, found: usize },
+    #[error("all bytes are zero (never written)")]
+    Zero,
+    #[error("bad magic {found:#018x}")]
+    BadMagic { found: u64 },
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    BadChecksum { stored: u32, computed: u32 },
+    #[error("format version {major}.{minor} is newer than this build ({VERSION_MAJOR}.{VERSION_MINOR})")]
+    VersionTooNew { major: u32, minor: u32 },
+    #[error("field {field} out of range: {value}")]
+    OutOfRange { field: &'static str, value: u64 },
+}
+
+pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
+    crc32c::crc32c(bytes)
+}
+
+pub(crate) fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc, bytes)
+}
+
+pub(crate) fn get_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+pub(crate) fn get_u64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+pub(crate) fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+pub(crate) fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+pub(crate) fn need(b: &[u8], len: usize) -> Result<(), DecodeError> {
+    if b.len() < len {
+        return Err(DecodeError::TooShort {
+            need: len,
+            found: b.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Formats a UUID (16 raw bytes) in the canonical 8-4-4-4-12 form.
+pub fn uuid_to_string(u: &[u8; 16]) -> String {
+    let h: Vec<String> = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        h[0..4].concat(),
+        h[4..6].concat(),
+        h[6..8].concat(),
+        h[8..10].concat(),
+        h[10..16].concat()
+    )
+}

@@ -1,0 +1,12 @@
+//! writeboost: a log-structured write-back block cache.
+//!
+//! - [`engine`]: the runtime-agnostic cache (format, index, log, writeback, replay, stats).
+//! - [`format`]: the on-disk format, pure encoders and decoders (see `docs/FORMAT.md`).
+//! - [`device`]: the block-device boundary, with file and in-memory devices.
+//! - [`runtime`]: time, timers and spawning, provided by the host environment.
+//! - `bdev` (feature `spdk`): the SPDK bdev module, the only home of `unsafe`.
+
+pub mod device;
+pub mod engine;
+pub mod format;
+pub mod runtime;

@@ -20,7 +20,7 @@ mod writeback;
 
 pub use config::{ConfigError, Options, Tunable, TUNABLES};
 pub use error::{Base, CreateError, IoError};
-pub use replay::{format_cache, scan_log, LogScan, ScannedSegment};
+pub use replay::{format_cache, read_superblock, scan_log, LogScan, ScannedSegment};
 pub use stats::Counters;
 
 use crate::device::{AlignedBuf, BlockDevice, DeviceInfo};

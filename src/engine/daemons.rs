@@ -11,8 +11,18 @@ const UTIL_SAMPLE_NS: u64 = 100_000_000;
 const DROP_CACHES_MAX_FAILURES: u32 = 8;
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    /// Writes the superblock record (copies alternate) and flushes. Record writes never overlap.
     pub(super) async fn write_record(self: &Rc<Self>, clean: bool) -> Result<(), IoError> {
-        let (off, enc) = {
+        self.wait_until(|st| !st.record_in_flight).await;
+        self.st.borrow_mut().record_in_flight = true;
+        let r = self.write_record_inner(clean).await;
+        self.st.borrow_mut().record_in_flight = false;
+        self.notify();
+        r
+    }
+
+    async fn write_record_inner(self: &Rc<Self>, clean: bool) -> Result<(), IoError> {
+        let (off, enc, recorded) = {
             let mut st = self.st.borrow_mut();
             st.record_seq += 1;
             let r = Record {
@@ -22,7 +32,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 head_id: st.last_durable,
                 flags: if clean { RECORD_FLAG_CLEAN_SHUTDOWN } else { 0 },
             };
-            (RECORD_OFFSETS_BYTES[(st.record_seq % 2) as usize], r.encode())
+            (RECORD_OFFSETS_BYTES[(st.record_seq % 2) as usize], r.encode(), r.last_writeback_id)
         };
         let mut buf = AlignedBuf::zeroed(enc.len());
         buf.copy_from_slice(&enc);
@@ -34,6 +44,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             self.st.borrow_mut().counters.cache_write_errors += 1;
             return Err(IoError::cache(e));
         }
+        let mut st = self.st.borrow_mut();
+        st.recorded_writeback = st.recorded_writeback.max(recorded);
         Ok(())
     }
 }
@@ -75,13 +87,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             if interval == 0 || st.record_in_flight || now.saturating_sub(st.last_record_ns) < interval * NS_PER_S {
                 return false;
             }
-            st.record_in_flight = true;
             st.last_record_ns = now;
         }
         let inner = self.inner.clone();
         self.inner.rt.spawn(Box::pin(async move {
             let _ = inner.write_record(false).await;
-            inner.st.borrow_mut().record_in_flight = false;
         }));
         true
     }

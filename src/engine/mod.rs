@@ -107,6 +107,10 @@ struct State {
     last_written: u64,
     last_durable: u64,
     last_writeback: u64,
+    /// `last_writeback` as durably recorded in the superblock record. A slot is reused only
+    /// once its previous segment is recorded written back, so replay never maps a segment whose
+    /// slot a newer, torn segment may have overwritten.
+    recorded_writeback: u64,
     prev_header_crc: u32,
     nr_dirty: u64,
     // FLUSH machinery.
@@ -380,8 +384,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         assert!(st.last_writeback <= st.last_durable, "writeback ahead of durable");
         assert!(st.last_durable <= st.last_written, "durable ahead of written");
         assert!(st.last_written <= st.last_sealed, "written ahead of sealed");
-        let open_id = st.open.map(|o| o.id).unwrap_or(st.next_id);
-        assert!(open_id - st.last_writeback <= st.geo.nr_segments, "log overran writeback");
+        let newest_id = st.open.map(|o| o.id).unwrap_or(st.next_id - 1);
+        assert!(newest_id - st.last_writeback <= st.geo.nr_segments, "log overran writeback");
         let mut dirty = 0;
         for cb in 0..st.geo.nr_cache_blocks() {
             let b = st.index.backing_of(cb);

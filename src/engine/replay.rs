@@ -347,6 +347,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             last_written: 0,
             last_durable: 0,
             last_writeback: 0,
+            recorded_writeback: 0,
             prev_header_crc: 0,
             nr_dirty: 0,
             flush_wanted: 0,
@@ -400,6 +401,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             let mut nr_dirty = 0u64;
             for s in &scan.segments {
                 let id = s.header.id;
+                st.slot_id[s.slot as usize] = id;
+                if id <= scan.last_writeback_id {
+                    // Written back (clean); its slot may have been partly overwritten since.
+                    st.slot_len[s.slot as usize] = 0;
+                    continue;
+                }
                 for (j, e) in s.header.entries.iter().enumerate() {
                     if e.valid_bits == 0 {
                         continue;
@@ -411,13 +418,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                         }
                         st.index.remove(old);
                     }
-                    let dirty = if id > scan.last_writeback_id { e.dirty_bits } else { 0 };
+                    let dirty = e.dirty_bits;
                     st.index.insert(e.backing_block, cb, e.valid_bits, dirty);
                     if dirty != 0 {
                         nr_dirty += 1;
                     }
                 }
-                st.slot_id[s.slot as usize] = id;
                 st.slot_len[s.slot as usize] = s.header.entries.len() as u32;
             }
             st.nr_dirty = nr_dirty;
@@ -427,6 +433,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             st.last_written = head;
             st.last_durable = head;
             st.last_writeback = scan.last_writeback_id;
+            st.recorded_writeback = scan.last_writeback_id;
             st.prev_header_crc = scan.segments.last().map(|s| s.header.header_crc).unwrap_or(0);
             st.record_seq = scan.record.as_ref().map(|r| r.seq).unwrap_or(0);
             st.geo.header_bytes()

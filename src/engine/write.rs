@@ -33,7 +33,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let slot = st.geo.slot_of_id(id);
         let nr = st.geo.nr_segments;
         if st.free_bufs.is_empty()
-            || (id > nr && st.last_writeback < id - nr)
+            || (id > nr && st.recorded_writeback < id - nr)
             || st.slot_readers[slot as usize] != 0
             || st.slot_buf[slot as usize] != NO_BUF
         {
@@ -314,7 +314,7 @@ impl State {
         let nr = self.geo.nr_segments;
         // Sealing the open segment frees nothing, so a buffer must be free besides it.
         !self.free_bufs.is_empty()
-            && (id <= nr || self.last_writeback >= id - nr)
+            && (id <= nr || self.recorded_writeback >= id - nr)
             && self.slot_readers[slot] == 0
             && self.slot_buf[slot] == NO_BUF
     }

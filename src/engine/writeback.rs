@@ -43,7 +43,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             if !self.writeback_wanted(&st, now) {
                 return false;
             }
-            if st.last_durable <= st.last_writeback {
+            if st.last_durable <= st.last_writeback && st.recorded_writeback >= st.last_writeback {
                 // Only durable segments are written back: ask for a cache flush first.
                 if st.last_written > st.last_durable {
                     st.flush_wanted = st.flush_wanted.max(st.last_written);
@@ -92,6 +92,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let first_id = st.last_writeback + 1;
             let last_id = st.last_durable.min(st.last_writeback + st.opts.nr_max_batched_writeback);
             if last_id < first_id {
+                let lagging = st.recorded_writeback < st.last_writeback;
+                drop(st);
+                if lagging {
+                    self.write_record(false).await?;
+                }
                 return Ok(0);
             }
             let dpb = st.dpb();
@@ -212,6 +217,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         st.last_writeback = last_id;
         st.counters.bytes_written_back += bytes;
         st.counters.writeback_batches += 1;
+        drop(st);
+        // Slots of these segments may be reused only once this is durably recorded.
+        self.write_record(false).await?;
         Ok(bytes)
     }
 }

@@ -4,8 +4,10 @@
 //! - [`format`]: the on-disk format, pure encoders and decoders (see `docs/FORMAT.md`).
 //! - [`device`]: the block-device boundary, with file and in-memory devices.
 //! - [`runtime`]: time, timers and spawning, provided by the host environment.
+//! - [`cli`]: the offline `writeboost` command (inspect, check and rescue a cache device).
 //! - `bdev` (feature `spdk`): the SPDK bdev module, the only home of `unsafe`.
 
+pub mod cli;
 pub mod device;
 pub mod engine;
 pub mod format;

@@ -1,4 +1,5 @@
+//! The offline `writeboost` command; the logic lives in `writeboost::cli`.
+
 fn main() {
-    eprintln!("writeboost: offline command not built yet");
-    std::process::exit(2);
+    std::process::exit(writeboost::cli::main());
 }

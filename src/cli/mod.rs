@@ -11,13 +11,14 @@ mod hexdump;
 mod inspect;
 mod writeback;
 
-pub use check::{CheckReport, Finding, FindingKind, ReplayRole};
 pub use hexdump::hexdump;
 
 use crate::device::file::FileDevice;
 use crate::device::{AlignedBuf, BlockDevice, DeviceError};
 use crate::engine::{CreateError, IoError};
-use crate::format::{DecodeError, SegmentHeader, Superblock, BLOCK_SIZE_BYTES, VERSION_MAJOR, VERSION_MINOR};
+use crate::format::{
+    DecodeError, SegmentHeader, Superblock, BLOCK_SIZE_BYTES, VERSION_MAJOR, VERSION_MINOR,
+};
 use clap::{Args, Parser, Subcommand};
 use std::ffi::OsString;
 use std::io::Write;
@@ -59,7 +60,10 @@ Exit status:
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("{}: {source}", path.display())]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: {source}", path.display())]
     Device { path: PathBuf, source: DeviceError },
     #[error("{}: not a writeboost cache: {reason}", path.display())]
@@ -67,7 +71,11 @@ pub enum CliError {
     #[error("{}: corrupt superblock: {reason}", path.display())]
     CorruptSuperblock { path: PathBuf, reason: DecodeError },
     #[error("{}: format version {major}.{minor} is newer than this build supports ({VERSION_MAJOR}.{VERSION_MINOR})", path.display())]
-    VersionTooNew { path: PathBuf, major: u32, minor: u32 },
+    VersionTooNew {
+        path: PathBuf,
+        major: u32,
+        minor: u32,
+    },
     #[error("{}: {source}", path.display())]
     Create { path: PathBuf, source: CreateError },
     #[error("{}: {source}", path.display())]
@@ -75,15 +83,27 @@ pub enum CliError {
     #[error("{}: refusing to format: {reason}; pass --force to overwrite", path.display())]
     Refused { path: PathBuf, reason: RefuseReason },
     #[error("{}: segment {id} is not on the device: slot {slot} holds {found}", path.display())]
-    SegmentNotFound { path: PathBuf, id: u64, slot: u64, found: SlotContent },
+    SegmentNotFound {
+        path: PathBuf,
+        id: u64,
+        slot: u64,
+        found: SlotContent,
+    },
     #[error("segment {id} has {nr_blocks} data blocks (0..{}), no block {block}", nr_blocks.saturating_sub(1))]
     BlockOutOfRange { id: u64, block: u32, nr_blocks: u32 },
     #[error("{}: the device has {nr_segments} slots (0..{}), no slot {slot}", path.display(), nr_segments.saturating_sub(1))]
-    SlotOutOfRange { path: PathBuf, slot: u64, nr_segments: u64 },
+    SlotOutOfRange {
+        path: PathBuf,
+        slot: u64,
+        nr_segments: u64,
+    },
     #[error("invalid argument: {0}")]
     Argument(#[from] ArgumentError),
     #[error("{}: {source}", path.display())]
-    Output { path: PathBuf, source: std::io::Error },
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// An argument that clap accepted but that is invalid for this device.
@@ -94,7 +114,10 @@ pub enum ArgumentError {
     #[error("--backing-size-bytes {0}: a positive multiple of 512")]
     BackingSize(u64),
     #[error("cache device of {cache_size_bytes} bytes is too small for two segments of {segment_size_kib} KiB after the first MiB")]
-    CacheTooSmall { cache_size_bytes: u64, segment_size_kib: u32 },
+    CacheTooSmall {
+        cache_size_bytes: u64,
+        segment_size_kib: u32,
+    },
 }
 
 /// Why `format` refused without `--force`.
@@ -131,25 +154,28 @@ impl std::fmt::Display for SlotContent {
 impl CliError {
     pub fn exit_status(&self) -> ExitStatus {
         match self {
-            CliError::Open { .. } | CliError::Device { .. } | CliError::Io { .. } | CliError::Output { .. } => {
-                ExitStatus::NotFoundOrIo
-            }
+            CliError::Open { .. }
+            | CliError::Device { .. }
+            | CliError::Io { .. }
+            | CliError::Output { .. } => ExitStatus::NotFoundOrIo,
             CliError::SegmentNotFound { .. } => ExitStatus::NotFoundOrIo,
             CliError::NotWriteboost { .. } => ExitStatus::NotWriteboost,
             CliError::CorruptSuperblock { .. } => ExitStatus::Corrupt,
             CliError::VersionTooNew { .. } => ExitStatus::VersionTooNew,
             CliError::Refused { .. } => ExitStatus::Refused,
-            CliError::BlockOutOfRange { .. } | CliError::SlotOutOfRange { .. } | CliError::Argument(_) => {
-                ExitStatus::Usage
-            }
+            CliError::BlockOutOfRange { .. }
+            | CliError::SlotOutOfRange { .. }
+            | CliError::Argument(_) => ExitStatus::Usage,
             CliError::Create { source, .. } => match source {
                 CreateError::Device { .. } => ExitStatus::NotFoundOrIo,
                 CreateError::NotWriteboost { .. } => ExitStatus::NotWriteboost,
                 CreateError::VersionTooNew { .. } => ExitStatus::VersionTooNew,
-                CreateError::WrongBacking { .. } | CreateError::GeometryChanged { .. } => ExitStatus::WrongDevice,
-                CreateError::Geometry(_) | CreateError::DirtyInWriteAround { .. } | CreateError::Option(_) => {
-                    ExitStatus::Usage
+                CreateError::WrongBacking { .. } | CreateError::GeometryChanged { .. } => {
+                    ExitStatus::WrongDevice
                 }
+                CreateError::Geometry(_)
+                | CreateError::DirtyInWriteAround { .. }
+                | CreateError::Option(_) => ExitStatus::Usage,
             },
         }
     }
@@ -334,7 +360,9 @@ where
     match r {
         Ok(status) => status as i32,
         // A reader that stopped early (`| head`) is not an error.
-        Err(CliError::Output { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(CliError::Output { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            0
+        }
         Err(e) => {
             eprintln!("writeboost: {e}");
             e.exit_status() as i32
@@ -401,7 +429,8 @@ impl Cache {
 
     fn read(&self, offset_bytes: u64, len_bytes: usize) -> Result<AlignedBuf, CliError> {
         let mut b = AlignedBuf::zeroed(len_bytes);
-        futures::executor::block_on(self.dev.read(offset_bytes, &mut b)).map_err(|e| self.device_error(e))?;
+        futures::executor::block_on(self.dev.read(offset_bytes, &mut b))
+            .map_err(|e| self.device_error(e))?;
         Ok(b)
     }
 
@@ -420,7 +449,12 @@ impl Cache {
     }
 
     /// The data blocks of a segment's entries, read in one I/O.
-    fn segment_data(&self, sb: &Superblock, slot: u64, nr_blocks: usize) -> Result<AlignedBuf, CliError> {
+    fn segment_data(
+        &self,
+        sb: &Superblock,
+        slot: u64,
+        nr_blocks: usize,
+    ) -> Result<AlignedBuf, CliError> {
         self.read(
             sb.geometry.data_block_offset_bytes(slot, 0),
             nr_blocks * BLOCK_SIZE_BYTES as usize,
@@ -449,9 +483,13 @@ impl Cache {
 fn superblock_error(path: &Path, reason: DecodeError) -> CliError {
     let path = path.to_path_buf();
     match reason {
-        DecodeError::VersionTooNew { major, minor } => CliError::VersionTooNew { path, major, minor },
+        DecodeError::VersionTooNew { major, minor } => {
+            CliError::VersionTooNew { path, major, minor }
+        }
         // The magic matched: this was a writeboost superblock and it is damaged.
-        DecodeError::BadChecksum { .. } | DecodeError::OutOfRange { .. } => CliError::CorruptSuperblock { path, reason },
+        DecodeError::BadChecksum { .. } | DecodeError::OutOfRange { .. } => {
+            CliError::CorruptSuperblock { path, reason }
+        }
         DecodeError::Zero | DecodeError::BadMagic { .. } | DecodeError::TooShort { .. } => {
             CliError::NotWriteboost { path, reason }
         }
@@ -482,7 +520,8 @@ impl SlotHeader {
             Err(DecodeError::Zero) => SlotHeader::Empty,
             Err(error) => {
                 let magic_ok = b[..8] == crate::format::segment::SEGMENT_MAGIC.to_le_bytes();
-                let claimed_id = magic_ok.then(|| u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")));
+                let claimed_id =
+                    magic_ok.then(|| u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")));
                 SlotHeader::Invalid { error, claimed_id }
             }
             Ok(h) if h.format_uuid != sb.format_uuid => SlotHeader::Foreign(h),
@@ -523,9 +562,19 @@ mod tests {
     #[test]
     fn superblock_errors_map_to_distinct_statuses() {
         let p = Path::new("c");
-        assert_eq!(superblock_error(p, DecodeError::Zero).exit_status(), ExitStatus::NotWriteboost);
         assert_eq!(
-            superblock_error(p, DecodeError::BadChecksum { stored: 1, computed: 2 }).exit_status(),
+            superblock_error(p, DecodeError::Zero).exit_status(),
+            ExitStatus::NotWriteboost
+        );
+        assert_eq!(
+            superblock_error(
+                p,
+                DecodeError::BadChecksum {
+                    stored: 1,
+                    computed: 2
+                }
+            )
+            .exit_status(),
             ExitStatus::Corrupt
         );
         assert_eq!(

@@ -10,7 +10,9 @@
 //! like damage, so each finding says what replay does with the segment (its [`ReplayRole`]).
 //! Warnings (exit status 0) cannot lose data: a record of another format, a segment newer than
 //! the log head (replay ignores and wipes it), a mismatching block in a segment already written
-//! back.
+//! back. Slots holding another format's header or no header at all (bytes from before the
+//! format) are only counted: if a live segment's header were damaged that way, the log checks
+//! report the segment missing.
 
 use super::inspect::{record_copies, scan, RecordCopyView, RecordState};
 use super::*;
@@ -123,6 +125,8 @@ pub struct CheckReport {
     pub data_blocks_checked: u64,
     pub empty_slots: u64,
     pub other_format_slots: u64,
+    /// Slots whose first bytes are no segment header at all (data from before the format).
+    pub other_data_slots: u64,
     pub head_id: u64,
     pub first_id: Option<u64>,
     pub last_writeback_id: u64,
@@ -135,9 +139,10 @@ pub struct CheckReport {
 /// Where a valid segment stands relative to the log a replay finds.
 fn role_of(scan: &LogScan, id: u64) -> ReplayRole {
     match scan.segments.first() {
-        Some(first) if id >= first.header.id && id <= scan.head_id => ReplayRole::LiveLog,
-        Some(first) if id < first.header.id => ReplayRole::WrittenBack,
-        _ => ReplayRole::StaleTail,
+        _ if id > scan.head_id => ReplayRole::StaleTail,
+        _ if id <= scan.last_writeback_id => ReplayRole::WrittenBack,
+        Some(first) if id >= first.header.id => ReplayRole::LiveLog,
+        _ => ReplayRole::WrittenBack,
     }
 }
 
@@ -186,19 +191,23 @@ impl Checker<'_> {
                 self.report.empty_slots += 1;
                 self.contents.insert(slot, SlotContent::Empty);
             }
-            SlotHeader::Foreign(_) => {
+            SlotHeader::Foreign { .. } => {
                 self.report.other_format_slots += 1;
                 self.contents.insert(slot, SlotContent::Foreign);
             }
+            SlotHeader::OtherData(error) => {
+                self.report.other_data_slots += 1;
+                self.contents.insert(slot, SlotContent::Invalid(error));
+            }
             SlotHeader::Invalid { error, claimed_id } => {
-                let claims = claimed_id
-                    .map(|id| format!(" claiming segment {id}"))
-                    .unwrap_or_default();
                 let mut f = Finding::new(
                     FindingKind::SegmentHeader,
-                    format!("slot {slot} (cache byte {offset}): invalid segment header{claims}: {error}"),
+                    format!(
+                        "slot {slot} (cache byte {offset}): invalid segment header claiming segment \
+                         {claimed_id}: {error}"
+                    ),
                 )
-                .at(slot, claimed_id);
+                .at(slot, Some(claimed_id));
                 f.device_offset_bytes = Some(offset);
                 if let DecodeError::BadChecksum { stored, computed } = error {
                     f.expected_crc = Some(stored);
@@ -326,17 +335,32 @@ impl Checker<'_> {
             } else {
                 format!("the header of segment {floor_from}")
             };
-            let missing = head + 1;
-            let slot = geo.slot_of_id(missing);
-            let holds = self.describe(slot, missing);
+            // The first promised segment that is missing or does not link to its predecessor;
+            // if all are there, replay rejected the first one's data.
+            let lowest = (head + 1).max(promised.saturating_sub(geo.nr_segments - 1));
+            let culprit = (lowest..=promised)
+                .find(|&id| match self.segments.get(&id) {
+                    None => true,
+                    Some((_, h)) => {
+                        id > lowest
+                            && self
+                                .segments
+                                .get(&(id - 1))
+                                .is_some_and(|(_, p)| p.header_crc != h.prev_header_crc)
+                    }
+                })
+                .unwrap_or(lowest);
+            let slot = geo.slot_of_id(culprit);
+            let holds = self.describe(slot, culprit);
             let mut f = Finding::new(
                 FindingKind::DurableNotReplayed,
                 format!(
-                    "{by} says segments up to {promised} are durable, but replay stops at head_id {head}: \
-                     segment {missing} (slot {slot}) {holds}; replay would drop segments {missing}..={promised}"
+                    "{by} says segments up to {promised} are durable, but replay stops at head_id {head} and \
+                     would drop segments {}..={promised}: segment {culprit} (slot {slot}) {holds}",
+                    head + 1
                 ),
             )
-            .at(slot, Some(missing));
+            .at(slot, Some(culprit));
             f.role = Some(ReplayRole::StaleTail);
             self.error(f);
         }
@@ -430,6 +454,7 @@ pub(super) fn run(a: CheckArgs, out: Out<'_>) -> Result<ExitStatus, CliError> {
         data_blocks_checked: 0,
         empty_slots: 0,
         other_format_slots: 0,
+        other_data_slots: 0,
         head_id: scan.head_id,
         first_id: scan.segments.first().map(|s| s.header.id),
         last_writeback_id: scan.last_writeback_id,
@@ -498,12 +523,14 @@ fn print_report(r: &CheckReport, sb: &Superblock, out: Out<'_>) -> Result<(), Cl
     )?;
     say!(
         out,
-        "checked {} slots ({what}): {} segments, {} data blocks, {} empty, {} of another format\n",
+        "checked {} slots ({what}): {} segments, {} data blocks; {} empty, {} of another format, \
+         {} with data from before the format\n",
         r.slots_checked,
         r.segments_checked,
         r.data_blocks_checked,
         r.empty_slots,
-        r.other_format_slots
+        r.other_format_slots,
+        r.other_data_slots
     )?;
     if r.scope != CheckScope::Segment {
         for rc in &r.records {

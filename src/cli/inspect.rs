@@ -284,6 +284,8 @@ enum SlotState {
     Valid,
     Misplaced,
     OtherFormat,
+    /// No segment header at all: bytes from before the format.
+    OtherData,
     Empty,
     Invalid,
 }
@@ -337,12 +339,24 @@ pub(super) fn meta(a: MetaArgs, out: Out<'_>) -> Result<ExitStatus, CliError> {
     let (state, error, claimed_id, header) = match &sh {
         SlotHeader::Ours(h) => (SlotState::Valid, None, None, Some(h)),
         SlotHeader::Misplaced(h) => (SlotState::Misplaced, None, None, Some(h)),
-        SlotHeader::Foreign(h) => (SlotState::OtherFormat, None, None, Some(h)),
+        SlotHeader::Foreign {
+            header: Some(h), ..
+        } => (SlotState::OtherFormat, None, None, Some(h)),
+        SlotHeader::Foreign { uuid, header: None } => (
+            SlotState::OtherFormat,
+            Some(format!(
+                "a header of format {} that does not decode with this geometry",
+                uuid_str(uuid)
+            )),
+            None,
+            None,
+        ),
+        SlotHeader::OtherData(e) => (SlotState::OtherData, Some(e.to_string()), None, None),
         SlotHeader::Empty => (SlotState::Empty, None, None, None),
         SlotHeader::Invalid { error, claimed_id } => (
             SlotState::Invalid,
             Some(error.to_string()),
-            *claimed_id,
+            Some(*claimed_id),
             None,
         ),
     };
@@ -360,9 +374,16 @@ pub(super) fn meta(a: MetaArgs, out: Out<'_>) -> Result<ExitStatus, CliError> {
     }
     let Some(h) = &view.header else {
         say!(out, "slot {} (byte {}): ", view.slot, view.offset_bytes)?;
-        return match (&view.error, view.claimed_id) {
-            (Some(e), Some(id)) => say!(out, "invalid header claiming segment {id}: {e}\n"),
-            (Some(e), None) => say!(out, "invalid header: {e}\n"),
+        let e = view.error.as_deref().unwrap_or("");
+        return match (view.state, view.claimed_id) {
+            (SlotState::Invalid, Some(id)) => {
+                say!(out, "invalid header claiming segment {id}: {e}\n")
+            }
+            (SlotState::OtherData, _) => say!(
+                out,
+                "no segment header ({e}): data from before the format\n"
+            ),
+            (SlotState::OtherFormat, _) => say!(out, "{e}\n"),
             _ => say!(out, "empty (all-zero header)\n"),
         }
         .map(|_| ExitStatus::Ok);

@@ -468,8 +468,10 @@ impl Cache {
             SlotHeader::Ours(h) if h.id == id => return Ok((slot, h)),
             SlotHeader::Ours(h) | SlotHeader::Misplaced(h) => SlotContent::Segment(h.id),
             SlotHeader::Empty => SlotContent::Empty,
-            SlotHeader::Invalid { error, .. } => SlotContent::Invalid(error),
-            SlotHeader::Foreign(_) => SlotContent::Foreign,
+            SlotHeader::Invalid { error, .. } | SlotHeader::OtherData(error) => {
+                SlotContent::Invalid(error)
+            }
+            SlotHeader::Foreign { .. } => SlotContent::Foreign,
         };
         Err(CliError::SegmentNotFound {
             path: self.path.clone(),
@@ -496,18 +498,26 @@ fn superblock_error(path: &Path, reason: DecodeError) -> CliError {
     }
 }
 
+/// Byte offsets of the format UUID and the id in a segment header (docs/FORMAT.md), read from
+/// headers that do not decode, to tell another format's leftovers from damage to this one.
+const HEADER_UUID_OFFSET: usize = 8;
+const HEADER_ID_OFFSET: usize = 24;
+
 /// What one slot's header blocks hold.
 #[derive(Debug, Clone)]
 enum SlotHeader {
     /// All-zero fixed header: never written, or wiped by a replay.
     Empty,
-    /// Not a decodable header; `claimed_id` is the id field when the magic matched.
-    Invalid {
-        error: DecodeError,
-        claimed_id: Option<u64>,
+    /// Not a segment header at all (bad magic): bytes from before the format.
+    OtherData(DecodeError),
+    /// A header of this format that does not decode; `claimed_id` is its id field.
+    Invalid { error: DecodeError, claimed_id: u64 },
+    /// A header of another format (a previous format of this device); `header` when it also
+    /// decodes with this format's geometry.
+    Foreign {
+        uuid: [u8; 16],
+        header: Option<SegmentHeader>,
     },
-    /// A valid header of another format (a previous format of this device).
-    Foreign(SegmentHeader),
     /// A valid header of this format whose id belongs in another slot.
     Misplaced(SegmentHeader),
     /// A valid header of this format in its own slot.
@@ -516,15 +526,25 @@ enum SlotHeader {
 
 impl SlotHeader {
     fn classify(b: &[u8], sb: &Superblock, slot: u64) -> SlotHeader {
+        let uuid: [u8; 16] = b[HEADER_UUID_OFFSET..HEADER_UUID_OFFSET + 16]
+            .try_into()
+            .expect("16 bytes");
         match SegmentHeader::decode(b, sb.geometry.data_blocks_per_segment()) {
             Err(DecodeError::Zero) => SlotHeader::Empty,
-            Err(error) => {
-                let magic_ok = b[..8] == crate::format::segment::SEGMENT_MAGIC.to_le_bytes();
-                let claimed_id =
-                    magic_ok.then(|| u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")));
-                SlotHeader::Invalid { error, claimed_id }
-            }
-            Ok(h) if h.format_uuid != sb.format_uuid => SlotHeader::Foreign(h),
+            Err(e @ DecodeError::BadMagic { .. }) => SlotHeader::OtherData(e),
+            Err(_) if uuid != sb.format_uuid => SlotHeader::Foreign { uuid, header: None },
+            Err(error) => SlotHeader::Invalid {
+                error,
+                claimed_id: u64::from_le_bytes(
+                    b[HEADER_ID_OFFSET..HEADER_ID_OFFSET + 8]
+                        .try_into()
+                        .expect("8 bytes"),
+                ),
+            },
+            Ok(h) if h.format_uuid != sb.format_uuid => SlotHeader::Foreign {
+                uuid,
+                header: Some(h),
+            },
             Ok(h) if sb.geometry.slot_of_id(h.id) != slot => SlotHeader::Misplaced(h),
             Ok(h) => SlotHeader::Ours(h),
         }

@@ -1,8 +1,9 @@
 //! `writeback`: the rescue path. Replays the log with the engine (as `bdev_writeboost_create`
 //! would), writes every dirty block back (`drop_caches`: sorted, coalesced, backing flushed before
 //! each batch counts as done) and shuts down cleanly, which writes the superblock record that
-//! marks the cache clean. Killing it at any point is safe: the record only moves at the end, so
-//! a rerun replays the same log and writes the same blocks again.
+//! marks the cache clean. Killing it at any point is safe: the record moves only after a batch's
+//! blocks are on the backing device and flushed, so a rerun replays the log from the last
+//! recorded batch and writes the remaining blocks (some of them again).
 
 use super::*;
 use crate::engine::{Base, CreateOptions, Options, Volume};

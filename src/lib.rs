@@ -12,3 +12,6 @@ pub mod device;
 pub mod engine;
 pub mod format;
 pub mod runtime;
+
+#[cfg(feature = "spdk")]
+pub mod bdev;

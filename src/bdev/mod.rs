@@ -1,0 +1,51 @@
+//! The SPDK bdev module `writeboost` (cargo feature `spdk`): the only home of `unsafe` and C
+//! callbacks in this crate.
+//!
+//! - `vbdev`: the module, the desired-configuration table, assembly/teardown, I/O forwarding.
+//! - `base`: opening and claiming the base bdevs; the engine's `BlockDevice` over them.
+//! - `exec`: the engine's `Runtime` on an SPDK thread (executor, timers, named pollers).
+//! - `rpc`: the `bdev_writeboost_*` JSON-RPC methods; `json`: serde values <-> SPDK JSON.
+//! - `ffi`: logging, thread messages, the panic guard.
+//!
+//! Every trampoline recovers its pointer (with a `// SAFETY:` line), calls safe code inside
+//! [`ffi::guard`] and returns an int: no panic unwinds into C.
+
+#![allow(unsafe_code)]
+
+pub(crate) mod ffi;
+
+mod base;
+mod exec;
+mod json;
+mod rpc;
+mod vbdev;
+
+pub use vbdev::register;
+
+use std::ffi::{c_char, c_void, CString};
+
+/// Runs an SPDK application named `app_name` (the options of `spdk_tgt`, plus `-f <pidfile>`)
+/// with the writeboost module registered. Returns the process exit code.
+pub fn app_main(app_name: &str) -> i32 {
+    register();
+    let args: Vec<CString> = std::env::args_os()
+        .map(|a| {
+            use std::os::unix::ffi::OsStrExt;
+            CString::new(a.as_bytes()).unwrap_or_else(|_| CString::from(c"?"))
+        })
+        .collect();
+    let mut argv: Vec<*mut c_char> = args.iter().map(|a| a.as_ptr() as *mut c_char).collect();
+    argv.push(std::ptr::null_mut());
+    let name = ffi::cstring(app_name);
+    // SAFETY: argv is a NULL-terminated array of C strings that outlive the call (getopt may
+    // permute the pointers, never the strings); the name outlives the application.
+    unsafe {
+        writeboost_spdk_sys::wb_shim_app_main(
+            (argv.len() - 1) as i32,
+            argv.as_mut_ptr(),
+            name.as_ptr(),
+            None,
+            std::ptr::null_mut::<c_void>(),
+        )
+    }
+}

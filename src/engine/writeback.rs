@@ -3,6 +3,7 @@
 //! `last_writeback_id` advances. Throttled by foreground load on the backing device.
 
 use super::*;
+use crate::format::SegmentHeader;
 
 /// Largest coalesced backing write.
 const MAX_RUN_BLOCKS: u64 = 256;
@@ -18,6 +19,8 @@ struct Item {
     /// Index of the segment read buffer and byte offset in it.
     buf: usize,
     off: usize,
+    /// Still the block's current copy: marked clean once written back.
+    current: bool,
 }
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
@@ -86,8 +89,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     async fn writeback_batch_inner(self: &Rc<Self>) -> Result<u64, IoError> {
-        // Collect the batch.
-        let (first_id, last_id, slots, reads, mut items) = {
+        // The batch: whole segment images (header and data) of the oldest durable segments.
+        let (last_id, slots, reads) = {
             let mut st = self.st.borrow_mut();
             let first_id = st.last_writeback + 1;
             let last_id = st.last_durable.min(st.last_writeback + st.opts.nr_max_batched_writeback);
@@ -99,63 +102,101 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 }
                 return Ok(0);
             }
-            let dpb = st.dpb();
             let mut slots = Vec::new();
-            let mut reads: Vec<(u64, usize)> = Vec::new();
-            let mut items = Vec::new();
+            let mut reads: Vec<(u64, u64, usize)> = Vec::new();
             for id in first_id..=last_id {
                 let slot = st.geo.slot_of_id(id);
                 debug_assert_eq!(st.slot_id[slot as usize], id);
-                let mut max_j = None;
-                for j in 0..st.slot_len[slot as usize] as u64 {
-                    let cb = slot * dpb + j;
-                    let (block, dirty) = (st.index.backing_of(cb), st.index.dirty(cb));
-                    if block != index::NO_BLOCK && dirty != 0 {
-                        items.push(Item {
-                            block,
-                            cb,
-                            dirty,
-                            buf: reads.len(),
-                            off: j as usize * BLOCK,
-                        });
-                        max_j = Some(j);
-                    }
+                let len = st.slot_len[slot as usize] as usize;
+                if len == 0 {
+                    continue;
                 }
-                if let Some(j) = max_j {
-                    st.slot_readers[slot as usize] += 1;
-                    slots.push(slot);
-                    let off = st.geo.data_block_offset_bytes(slot, 0);
-                    reads.push((off, (j as usize + 1) * BLOCK));
-                }
+                st.slot_readers[slot as usize] += 1;
+                slots.push(slot);
+                let off = st.geo.slot_offset_bytes(slot);
+                reads.push((id, off, st.geo.header_bytes() + len * BLOCK));
             }
             st.nr_cur_batched_writeback = last_id - first_id + 1;
-            (first_id, last_id, slots, reads, items)
+            (last_id, slots, reads)
         };
-        let _ = first_id;
         let unpin = |this: &Self| {
             let mut st = this.st.borrow_mut();
             for s in &slots {
                 st.slot_readers[*s as usize] -= 1;
             }
         };
-        // Read the data areas (one I/O per segment, all at once).
-        let results = futures::future::join_all(reads.iter().map(|&(off, len)| async move {
+        let results = futures::future::join_all(reads.iter().map(|&(_, off, len)| async move {
             let mut b = AlignedBuf::zeroed(len);
             let r = self.cache.read(off, &mut b).await;
             (b, r)
         }))
         .await;
+        unpin(self);
         let mut bufs = Vec::with_capacity(results.len());
         for (b, r) in results {
             if let Err(e) = r {
-                unpin(self);
                 self.st.borrow_mut().counters.cache_read_errors += 1;
                 return Err(IoError::cache(e));
             }
             self.st.borrow_mut().counters.bytes_cache_read += b.len() as u64;
             bufs.push(b);
         }
-        unpin(self);
+        // What to write: per backing block, the newest copy in the batch. A copy that is still
+        // the current one is written with its dirty bits and marked clean afterwards. A copy
+        // superseded by one that is not durable yet is written too (with its dirty bits at seal
+        // time): after a power cut the newer copy may be gone, and replay maps no segment at or
+        // below the recorded writeback id. A copy superseded by a durable one, or discarded,
+        // is skipped.
+        let mut items: Vec<Item> = Vec::new();
+        {
+            let st = self.st.borrow();
+            let hb = st.geo.header_bytes();
+            let dpb = st.dpb();
+            let mut newest: HashMap<u64, Item> = HashMap::new();
+            for (k, &(id, _, _)) in reads.iter().enumerate() {
+                let header = SegmentHeader::decode(&bufs[k][..hb], st.geo.data_blocks_per_segment())
+                    .map_err(|_| IoError::cache(crate::device::DeviceError::Io {
+                        op: crate::device::DeviceOp::Read,
+                        offset_bytes: reads[k].1,
+                        len_bytes: hb as u64,
+                    }))?;
+                debug_assert_eq!(header.id, id);
+                let slot = st.geo.slot_of_id(id);
+                for (j, e) in header.entries.iter().enumerate() {
+                    if e.valid_bits == 0 {
+                        continue;
+                    }
+                    let cb = slot * dpb + j as u64;
+                    let item = Item {
+                        block: e.backing_block,
+                        cb,
+                        dirty: e.dirty_bits,
+                        buf: k,
+                        off: hb + j * BLOCK,
+                        current: false,
+                    };
+                    newest.insert(e.backing_block, item);
+                }
+            }
+            for (_, mut it) in newest {
+                match st.index.lookup(it.block) {
+                    Some(cb) if cb == it.cb => {
+                        it.dirty = st.index.dirty(cb);
+                        it.current = true;
+                    }
+                    Some(cb) => {
+                        let newer_id = st.slot_id[st.slot_of_cb(cb) as usize];
+                        if newer_id <= st.last_durable && st.cb_in_ram(cb).is_none() {
+                            continue;
+                        }
+                    }
+                    None => continue,
+                }
+                if it.dirty != 0 {
+                    items.push(it);
+                }
+            }
+        }
         // Sort by backing LBA and coalesce.
         items.sort_unstable_by_key(|it| it.block);
         let mut writes: Vec<(u64, AlignedBuf)> = Vec::new();
@@ -188,6 +229,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
         }
         drop(bufs);
+        let _ = &reads;
         let mut bytes = 0u64;
         for chunk in writes.chunks(WRITE_QUEUE_DEPTH) {
             let rs = futures::future::join_all(chunk.iter().map(|(off, data)| self.backing.write(*off, data))).await;
@@ -207,7 +249,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         // Mark clean what is still the same copy, then advance.
         let mut st = self.st.borrow_mut();
-        for it in &items {
+        for it in items.iter().filter(|it| it.current) {
             if st.index.backing_of(it.cb) == it.block && st.index.dirty(it.cb) != 0 {
                 let v = st.index.valid(it.cb);
                 st.index.set_bits(it.cb, v, 0);

@@ -18,8 +18,12 @@ fn env_u64(k: &str) -> Option<u64> {
 fn run_seeds(seeds: impl Iterator<Item = u64>) {
     let mut failures = Vec::new();
     let mut n = 0;
+    let verbose = std::env::var("WB_VERBOSE").is_ok();
     for seed in seeds {
         n += 1;
+        if verbose {
+            eprintln!("wb-sim seed={seed}");
+        }
         let outcome = std::panic::catch_unwind(|| workload::run(seed)).unwrap_or_else(|p| {
             let msg = p
                 .downcast_ref::<String>()

@@ -105,6 +105,14 @@ fn check_read(ctx: &Ctx, start_sector: u64, buf: &[u8], allowed: &[Allowed], wha
     }
 }
 
+fn trace(ctx: &Ctx, what: &str, s: u64, len: u64) {
+    if let Some(x) = std::env::var("WB_TRACE_SECTOR").ok().and_then(|v| v.parse::<u64>().ok()) {
+        if x >= s && x < s + len {
+            eprintln!("t={} {what} [{s}, +{len})", ctx.world.now_ns());
+        }
+    }
+}
+
 fn fill(buf: &mut [u8], start_sector: u64, id: u64) {
     for (i, chunk) in buf.chunks_mut(512).enumerate() {
         sector_bytes(id, start_sector + i as u64, chunk);
@@ -140,7 +148,9 @@ async fn client(ctx: Rc<Ctx>, vol: Vol, swarm: Swarm) {
             let mut buf = vec![0u8; len as usize * 512];
             fill(&mut buf, s, id);
             ctx.model.borrow_mut().begin_write(s, len, id);
+            trace(&ctx, &format!("write id={id} fua={fua} begin"), s, len);
             let r = vol.write(s, &buf, fua).await;
+            trace(&ctx, &format!("write id={id} end {r:?}"), s, len);
             ctx.model.borrow_mut().end_write(s, len, r.is_ok(), fua);
         } else if pick < 75 {
             let (s, len) = {
@@ -157,7 +167,10 @@ async fn client(ctx: Rc<Ctx>, vol: Vol, swarm: Swarm) {
             }
         } else if pick < 83 {
             let started = ctx.model.borrow_mut().begin_flush();
-            if vol.flush().await.is_ok() {
+            trace(&ctx, "flush begin", 0, u64::MAX);
+            let r = vol.flush().await;
+            trace(&ctx, &format!("flush end {r:?}"), 0, u64::MAX);
+            if r.is_ok() {
                 ctx.model.borrow_mut().end_flush(started);
             }
         } else if pick < 83 + swarm.discard_pct {
@@ -294,7 +307,10 @@ fn verify_all(world: &World, vol: &Vol, model: &RefCell<Model>, crashed: bool, w
 pub fn run(seed: u64) -> Result<Swarm, (Swarm, Failure)> {
     let world = World::new(seed);
     let swarm = Swarm::from_seed(&world);
-    run_swarm(&world, &swarm).map(|_| swarm.clone()).map_err(|f| (swarm, f))
+    let r = run_swarm(&world, &swarm);
+    // Tasks hold the world (and the disks): break the cycle.
+    world.kill_all();
+    r.map(|_| swarm.clone()).map_err(|f| (swarm, f))
 }
 
 fn run_swarm(world: &World, swarm: &Swarm) -> Result<(), Failure> {

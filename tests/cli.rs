@@ -83,6 +83,24 @@ impl Rng {
     }
 }
 
+/// Returns `Pending` once: the other tasks of the runtime run before the caller continues.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
 /// A cache image the engine left behind, and what the backing device must hold after writeback.
 struct Image {
     dir: TempDir,
@@ -143,6 +161,9 @@ fn crashed_image(name: &str, cache_mib: u64, backing_mib: u64, nr_writes: u64, s
         let (vol, _) = Volume::create(c, b, r, opts).await.expect("create");
         for (i, (off, data, fua)) in writes.into_iter().enumerate() {
             vol.write(off, &data, fua).await.expect("write");
+            // Let the segment writes run, so no write waits for a RAM buffer (which would
+            // start writeback).
+            YieldNow(false).await;
             if i % 100 == 99 {
                 vol.flush().await.expect("flush");
             }
@@ -889,6 +910,7 @@ fn writeback_throughput() {
         for _ in 0..nr_blocks {
             let block = rng.below(backing_bytes / BLOCK as u64);
             vol.write(block * 8, &data, false).await.unwrap();
+            YieldNow(false).await;
         }
         vol.flush().await.unwrap();
     });

@@ -689,6 +689,13 @@ fn dump_shows_the_newest_copy_of_a_block() {
         "{}",
         nf.stderr
     );
+    let cnf = wb(&["check", p(&img.cache), "--segment", &beyond]);
+    assert_eq!(cnf.code, 3, "{}{}", cnf.stdout, cnf.stderr);
+    assert!(
+        cnf.stderr.contains("holds no segment (all-zero header)"),
+        "{}",
+        cnf.stderr
+    );
 }
 
 #[test]

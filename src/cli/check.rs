@@ -427,17 +427,6 @@ impl Checker<'_> {
 pub(super) fn run(a: CheckArgs, out: Out<'_>) -> Result<ExitStatus, CliError> {
     let cache = Cache::open(&a.cache, false)?;
     let sb = cache.superblock()?;
-    if let Some(id) = a.segment {
-        // A segment that is simply not there is "not found"; an unreadable header is a finding.
-        match cache.segment(&sb, id) {
-            Ok(_) => {}
-            Err(CliError::SegmentNotFound {
-                found: SlotContent::Invalid(_),
-                ..
-            }) => {}
-            Err(e) => return Err(e),
-        }
-    }
     let scope = match (a.segment, a.all) {
         (Some(_), _) => CheckScope::Segment,
         (None, true) => CheckScope::All,
@@ -472,7 +461,18 @@ pub(super) fn run(a: CheckArgs, out: Out<'_>) -> Result<ExitStatus, CliError> {
     };
     match a.segment {
         Some(id) => {
-            c.check_slot(sb.geometry.slot_of_id(id), true)?;
+            let slot = sb.geometry.slot_of_id(id);
+            c.check_slot(slot, true)?;
+            // A segment that is simply not there is "not found"; a damaged header is a finding.
+            let found = c.contents.get(&slot).cloned().expect("slot examined");
+            if found != SlotContent::Segment(id) && c.report.errors.is_empty() {
+                return Err(CliError::SegmentNotFound {
+                    path: cache.path.clone(),
+                    id,
+                    slot,
+                    found,
+                });
+            }
             // The neighbours, for the links only.
             for n in [id - 1, id + 1] {
                 if n == 0 {

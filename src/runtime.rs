@@ -48,7 +48,10 @@ impl Wake for TaskWaker {
 fn monotonic_ns() -> u64 {
     use std::sync::OnceLock;
     static START: OnceLock<std::time::Instant> = OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }
 
 struct Sleep {
@@ -128,7 +131,11 @@ impl LocalRuntime {
                 ready: self.inner.ready.clone(),
             }));
             polls += 1;
-            if fut.as_mut().poll(&mut Context::from_waker(&waker)).is_pending() {
+            if fut
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending()
+            {
                 self.inner.tasks.borrow_mut()[id] = Some(fut);
             }
         }

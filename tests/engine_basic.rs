@@ -35,7 +35,12 @@ fn devs(cache_mib: u64, backing_mib: u64) -> (Rc<MemDevice>, Rc<MemDevice>) {
 
 type Vol = Volume<Shared, LocalRuntime>;
 
-fn create(rt: &LocalRuntime, c: &Rc<MemDevice>, b: &Rc<MemDevice>, opts: CreateOptions) -> (Vol, Startup) {
+fn create(
+    rt: &LocalRuntime,
+    c: &Rc<MemDevice>,
+    b: &Rc<MemDevice>,
+    opts: CreateOptions,
+) -> (Vol, Startup) {
     let (c, b, r) = (Shared(c.clone()), Shared(b.clone()), rt.clone());
     rt.block_on(async move { Volume::create(c, b, r, opts).await.expect("create") })
 }
@@ -58,7 +63,9 @@ fn stat_purity_one_write_then_read_moves_two_counters() {
     assert!(got.iter().all(|&x| x == 0xab));
     let st = vol.status().counters.stat;
     for (i, n) in st.iter().enumerate() {
-        let expect = if i == stat_index(true, false, false, true) || i == stat_index(false, true, true, true) {
+        let expect = if i == stat_index(true, false, false, true)
+            || i == stat_index(false, true, true, true)
+        {
             1
         } else {
             0
@@ -97,7 +104,10 @@ fn data_survives_clean_restart_and_drop_caches_drains_to_backing() {
     let snap = b.snapshot();
     for i in 2000..3000u64 {
         let off = ((i * 7919 % 8000) * 4096) as usize;
-        assert!(snap[off..off + 4096].iter().all(|&x| x == (i % 251) as u8), "backing block {i}");
+        assert!(
+            snap[off..off + 4096].iter().all(|&x| x == (i % 251) as u8),
+            "backing block {i}"
+        );
     }
     vol.check_invariants();
 }

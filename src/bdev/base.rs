@@ -288,6 +288,8 @@ pub struct SpdkDevice {
     rt: SpdkRt,
     /// Operations in flight on both devices of the volume.
     inflight: Rc<Cell<u64>>,
+    /// `-ENOMEM` answers from the bdev layer (logged once).
+    nomem: Cell<u64>,
 }
 
 impl SpdkDevice {
@@ -307,6 +309,7 @@ impl SpdkDevice {
             supports_unmap: b.supports_unmap,
             rt,
             inflight,
+            nomem: Cell::new(0),
         })
     }
 
@@ -390,6 +393,13 @@ impl SpdkDevice {
                 });
             }
             // No spdk_bdev_io available: wait for one, then resubmit.
+            self.nomem.set(self.nomem.get() + 1);
+            if self.nomem.get() == 1 {
+                wb_notice!(
+                    "bdev {}: out of spdk_bdev_io; waiting with spdk_bdev_queue_io_wait (logged once)",
+                    self.info.name
+                );
+            }
             slot.retry.set(false);
             let arg = Rc::into_raw(slot.clone()) as *mut c_void;
             // SAFETY: the entry lives in the Rc'd slot, kept alive by the leaked reference until

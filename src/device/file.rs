@@ -48,7 +48,12 @@ impl BlockDevice for FileDevice {
     }
 
     async fn read(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        check_range(DeviceOp::Read, self.size_bytes, offset_bytes, buf.len() as u64)?;
+        check_range(
+            DeviceOp::Read,
+            self.size_bytes,
+            offset_bytes,
+            buf.len() as u64,
+        )?;
         let len = buf.len();
         self.file
             .read_exact_at(buf, offset_bytes)
@@ -56,7 +61,12 @@ impl BlockDevice for FileDevice {
     }
 
     async fn write(&self, offset_bytes: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        check_range(DeviceOp::Write, self.size_bytes, offset_bytes, buf.len() as u64)?;
+        check_range(
+            DeviceOp::Write,
+            self.size_bytes,
+            offset_bytes,
+            buf.len() as u64,
+        )?;
         self.file
             .write_all_at(buf, offset_bytes)
             .map_err(|_| Self::io_err(DeviceOp::Write, offset_bytes, buf.len()))

@@ -62,13 +62,22 @@ impl std::fmt::Display for DeviceOp {
 #[allow(async_fn_in_trait)]
 pub trait BlockDevice {
     fn info(&self) -> DeviceInfo;
-    fn read(&self, offset_bytes: u64, buf: &mut [u8]) -> impl Future<Output = Result<(), DeviceError>>;
+    fn read(
+        &self,
+        offset_bytes: u64,
+        buf: &mut [u8],
+    ) -> impl Future<Output = Result<(), DeviceError>>;
     /// A write is volatile until a later `flush` completes.
-    fn write(&self, offset_bytes: u64, buf: &[u8]) -> impl Future<Output = Result<(), DeviceError>>;
+    fn write(&self, offset_bytes: u64, buf: &[u8])
+        -> impl Future<Output = Result<(), DeviceError>>;
     /// Makes every write completed before this call durable.
     fn flush(&self) -> impl Future<Output = Result<(), DeviceError>>;
     /// Contents of the range become undefined.
-    fn discard(&self, offset_bytes: u64, len_bytes: u64) -> impl Future<Output = Result<(), DeviceError>>;
+    fn discard(
+        &self,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> impl Future<Output = Result<(), DeviceError>>;
 }
 
 pub(crate) fn check_range(
@@ -79,7 +88,9 @@ pub(crate) fn check_range(
 ) -> Result<(), DeviceError> {
     if offset_bytes % 512 != 0
         || len_bytes % 512 != 0
-        || offset_bytes.checked_add(len_bytes).is_none_or(|end| end > size_bytes)
+        || offset_bytes
+            .checked_add(len_bytes)
+            .is_none_or(|end| end > size_bytes)
     {
         return Err(DeviceError::OutOfRange {
             op,
@@ -91,7 +102,8 @@ pub(crate) fn check_range(
 }
 
 /// A heap buffer whose start is aligned to 4096 bytes (what O_DIRECT and DMA want), built from
-/// safe code: an over-allocated `Vec` and an offset.
+/// safe code: an over-allocated `Vec` and an offset. Dropped buffers go to a small per-thread
+/// pool so that hot paths (segment reads, writeback runs) do not fault in fresh pages each time.
 pub struct AlignedBuf {
     vec: Vec<u8>,
     off: usize,
@@ -99,13 +111,39 @@ pub struct AlignedBuf {
 }
 
 pub const BUF_ALIGN: usize = 4096;
+const POOL_MAX_BUFFERS: usize = 64;
+const POOL_MAX_BYTES: usize = 8 << 20;
+
+thread_local! {
+    static POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 impl AlignedBuf {
-    pub fn zeroed(len: usize) -> AlignedBuf {
-        let vec = vec![0u8; len + BUF_ALIGN];
+    fn from_vec(vec: Vec<u8>, len: usize) -> AlignedBuf {
         let addr = vec.as_ptr() as usize;
         let off = (BUF_ALIGN - addr % BUF_ALIGN) % BUF_ALIGN;
         AlignedBuf { vec, off, len }
+    }
+
+    /// A buffer of `len` zero bytes.
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        let mut b = AlignedBuf::for_overwrite(len);
+        b.fill(0);
+        b
+    }
+
+    /// A buffer of `len` bytes with unspecified (but initialized) contents, for callers that
+    /// overwrite all of it (device reads).
+    pub fn for_overwrite(len: usize) -> AlignedBuf {
+        let need = len + BUF_ALIGN;
+        let reused = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p
+                .iter()
+                .position(|v| v.len() >= need && v.len() <= need * 2)?;
+            Some(p.swap_remove(i))
+        });
+        AlignedBuf::from_vec(reused.unwrap_or_else(|| vec![0u8; need]), len)
     }
 
     pub fn len(&self) -> usize {
@@ -114,6 +152,20 @@ impl AlignedBuf {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.vec);
+        if v.len() <= POOL_MAX_BYTES + BUF_ALIGN && v.len() > BUF_ALIGN {
+            POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL_MAX_BUFFERS {
+                    p.push(v);
+                }
+            });
+        }
     }
 }
 

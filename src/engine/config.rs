@@ -140,7 +140,11 @@ impl Options {
     pub fn set(&mut self, key: &str, value: u64, at_create: bool) -> Result<(), ConfigError> {
         let t = tunable(key).ok_or_else(|| ConfigError::UnknownKey {
             key: key.to_string(),
-            known: TUNABLES.iter().map(|t| t.name).collect::<Vec<_>>().join(", "),
+            known: TUNABLES
+                .iter()
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+                .join(", "),
         })?;
         if value < t.min || value > t.max {
             return Err(ConfigError::OutOfRange {
@@ -166,8 +170,14 @@ mod tests {
     fn set_names_key_and_range() {
         let mut o = Options::default();
         let e = o.set("writeback_threshold", 101, false).unwrap_err();
-        assert_eq!(e.to_string(), "option 'writeback_threshold' = 101 is out of range 0..=100");
-        assert!(matches!(o.set("bogus", 1, false), Err(ConfigError::UnknownKey { .. })));
+        assert_eq!(
+            e.to_string(),
+            "option 'writeback_threshold' = 101 is out of range 0..=100"
+        );
+        assert!(matches!(
+            o.set("bogus", 1, false),
+            Err(ConfigError::UnknownKey { .. })
+        ));
         assert!(matches!(
             o.set("write_around_mode", 1, false),
             Err(ConfigError::NotDynamic { .. })

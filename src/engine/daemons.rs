@@ -32,7 +32,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 head_id: st.last_durable,
                 flags: if clean { RECORD_FLAG_CLEAN_SHUTDOWN } else { 0 },
             };
-            (RECORD_OFFSETS_BYTES[(st.record_seq % 2) as usize], r.encode(), r.last_writeback_id)
+            (
+                RECORD_OFFSETS_BYTES[(st.record_seq % 2) as usize],
+                r.encode(),
+                r.last_writeback_id,
+            )
         };
         let mut buf = AlignedBuf::zeroed(enc.len());
         buf.copy_from_slice(&enc);
@@ -84,7 +88,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         {
             let mut st = self.inner.st.borrow_mut();
             let interval = st.opts.update_sb_record_interval;
-            if interval == 0 || st.record_in_flight || now.saturating_sub(st.last_record_ns) < interval * NS_PER_S {
+            if interval == 0
+                || st.record_in_flight
+                || now.saturating_sub(st.last_record_ns) < interval * NS_PER_S
+            {
                 return false;
             }
             st.last_record_ns = now;

@@ -51,7 +51,9 @@ pub enum CreateError {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IoError {
-    #[error("I/O range out of bounds: sector {offset_sectors} +{nr_sectors} beyond {size_sectors}")]
+    #[error(
+        "I/O range out of bounds: sector {offset_sectors} +{nr_sectors} beyond {size_sectors}"
+    )]
     OutOfRange {
         offset_sectors: u64,
         nr_sectors: u64,

@@ -165,7 +165,11 @@ mod tests {
     fn dram_per_block_is_within_budget() {
         for n in [1000usize, 4096, 100_000, 1 << 20] {
             let idx = Index::new(n);
-            assert!(idx.dram_bytes_per_block() <= 24.0, "{n}: {}", idx.dram_bytes_per_block());
+            assert!(
+                idx.dram_bytes_per_block() <= 24.0,
+                "{n}: {}",
+                idx.dram_bytes_per_block()
+            );
         }
     }
 }

@@ -56,15 +56,26 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let offset = st.geo.slot_offset_bytes(o.slot);
         let this = self.clone();
         self.rt.spawn(Box::pin(async move {
-            this.write_segment(o.id, o.buf, o.slot, offset, len_bytes).await;
+            this.write_segment(o.id, o.buf, o.slot, offset, len_bytes)
+                .await;
         }));
     }
 
-    async fn write_segment(self: Rc<Self>, id: u64, buf: usize, slot: u64, offset: u64, len_bytes: usize) {
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn write_segment(
+        self: Rc<Self>,
+        id: u64,
+        buf: usize,
+        slot: u64,
+        offset: u64,
+        len_bytes: usize,
+    ) {
         let mut attempts = 0u32;
         let mut backoff = RETRY_BACKOFF_MIN_NS;
         loop {
             let b = self.st.borrow().bufs[buf].clone();
+            // The sealed buffer is only read (by reads that hit it) until this write completes;
+            // nothing borrows it mutably while it is sealed.
             let r = {
                 let g = b.borrow();
                 self.cache.write(offset, &g[..len_bytes]).await
@@ -154,7 +165,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 
     /// Waits until segment `id` is durable on the cache device. `seal_open` seals the open
     /// segment first when it is the one holding `id`.
-    pub(super) async fn make_durable(self: &Rc<Self>, id: u64, seal_open: bool) -> Result<(), IoError> {
+    pub(super) async fn make_durable(
+        self: &Rc<Self>,
+        id: u64,
+        seal_open: bool,
+    ) -> Result<(), IoError> {
         let gen = {
             let mut st = self.st.borrow_mut();
             if seal_open && st.open.map(|o| o.id) == Some(id) {

@@ -127,6 +127,8 @@ struct State {
     drop_caches_active: u32,
     space_waiters: u32,
     shutting_down: bool,
+    /// Benchmarks only: write back in log order instead of LBA order.
+    writeback_unsorted: bool,
     // Backing load, foreground I/O only.
     backing_fg_inflight: u32,
     backing_busy_since_ns: u64,
@@ -225,7 +227,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     /// Waits until `cond` holds; re-checked on every state change.
-    fn wait_until<'a>(&'a self, mut cond: impl FnMut(&State) -> bool + 'a) -> impl Future<Output = ()> + 'a {
+    fn wait_until<'a>(
+        &'a self,
+        mut cond: impl FnMut(&State) -> bool + 'a,
+    ) -> impl Future<Output = ()> + 'a {
         std::future::poll_fn(move |cx| {
             if cond(&self.st.borrow()) {
                 return Poll::Ready(());
@@ -247,7 +252,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             st.gate.queue.push_back(t);
             t
         };
-        self.wait_until(move |st| st.gate.queue.front() == Some(&t)).await;
+        self.wait_until(move |st| st.gate.queue.front() == Some(&t))
+            .await;
         t
     }
 
@@ -331,6 +337,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         Ok(())
     }
 
+    /// For benchmarks: write back in log order (no LBA sort), to measure what sorting buys.
+    #[doc(hidden)]
+    pub fn set_writeback_unsorted(&self, unsorted: bool) {
+        self.inner.st.borrow_mut().writeback_unsorted = unsorted;
+    }
+
     pub fn clear_stats(&self) {
         let mut st = self.inner.st.borrow_mut();
         st.counters = Counters::default();
@@ -368,7 +380,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
 
     fn check_range(&self, offset_sectors: u64, nr_sectors: u64) -> Result<(), IoError> {
         let size_sectors = self.size_sectors();
-        if nr_sectors == 0 || offset_sectors.checked_add(nr_sectors).is_none_or(|e| e > size_sectors) {
+        if nr_sectors == 0
+            || offset_sectors
+                .checked_add(nr_sectors)
+                .is_none_or(|e| e > size_sectors)
+        {
             return Err(IoError::OutOfRange {
                 offset_sectors,
                 nr_sectors,
@@ -381,23 +397,39 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     /// Consistency checks of the in-core state (tests call this after every step).
     pub fn check_invariants(&self) {
         let st = self.inner.st.borrow();
-        assert!(st.last_writeback <= st.last_durable, "writeback ahead of durable");
-        assert!(st.last_durable <= st.last_written, "durable ahead of written");
+        assert!(
+            st.last_writeback <= st.last_durable,
+            "writeback ahead of durable"
+        );
+        assert!(
+            st.last_durable <= st.last_written,
+            "durable ahead of written"
+        );
         assert!(st.last_written <= st.last_sealed, "written ahead of sealed");
         let newest_id = st.open.map(|o| o.id).unwrap_or(st.next_id - 1);
-        assert!(newest_id - st.last_writeback <= st.geo.nr_segments, "log overran writeback");
+        assert!(
+            newest_id - st.last_writeback <= st.geo.nr_segments,
+            "log overran writeback"
+        );
         let mut dirty = 0;
         for cb in 0..st.geo.nr_cache_blocks() {
             let b = st.index.backing_of(cb);
             if b == index::NO_BLOCK {
                 continue;
             }
-            assert_eq!(st.index.lookup(b), Some(cb), "index inconsistent for block {b}");
+            assert_eq!(
+                st.index.lookup(b),
+                Some(cb),
+                "index inconsistent for block {b}"
+            );
             assert_eq!(st.index.dirty(cb) & !st.index.valid(cb), 0);
             if st.index.dirty(cb) != 0 {
                 dirty += 1;
                 let id = st.slot_id[st.slot_of_cb(cb) as usize];
-                assert!(id > st.last_writeback, "dirty block {b} in written-back segment {id}");
+                assert!(
+                    id > st.last_writeback,
+                    "dirty block {b} in written-back segment {id}"
+                );
             }
         }
         assert_eq!(dirty, st.nr_dirty, "nr_dirty drifted");

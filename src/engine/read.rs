@@ -16,7 +16,13 @@ struct Piece {
 }
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
-    fn stage_blocks(self: &Rc<Self>, token: u64, blocks: &[u64], out: &[u8], out_first_sector: u64) {
+    fn stage_blocks(
+        self: &Rc<Self>,
+        token: u64,
+        blocks: &[u64],
+        out: &[u8],
+        out_first_sector: u64,
+    ) {
         let mut st = self.st.borrow_mut();
         let spb = SECTORS_PER_BLOCK as u64;
         for &block in blocks {
@@ -45,7 +51,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
     }
 
-    pub(super) async fn read_into(self: &Rc<Self>, offset_sectors: u64, out: &mut [u8]) -> Result<(), IoError> {
+    pub(super) async fn read_into(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        out: &mut [u8],
+    ) -> Result<(), IoError> {
         let spb = SECTORS_PER_BLOCK as u64;
         let nr_sectors = (out.len() / SECTOR) as u64;
         let end = offset_sectors + nr_sectors;
@@ -95,20 +105,23 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                                 for (s, n) in runs(cached) {
                                     let o = ((out_block_start + s as i64) as usize) * SECTOR;
                                     let a = off + s as usize * SECTOR;
-                                    out[o..o + n as usize * SECTOR].copy_from_slice(&buf[a..a + n as usize * SECTOR]);
+                                    out[o..o + n as usize * SECTOR]
+                                        .copy_from_slice(&buf[a..a + n as usize * SECTOR]);
                                 }
                             }
                             None => {
                                 let slot = st.slot_of_cb(cb);
                                 for (s, n) in runs(cached) {
-                                    let dev = st.cb_device_offset(cb) + (s as usize * SECTOR) as u64;
+                                    let dev =
+                                        st.cb_device_offset(cb) + (s as usize * SECTOR) as u64;
                                     let o = ((out_block_start + s as i64) as usize) * SECTOR;
                                     let len = n as usize * SECTOR;
                                     match pieces.last_mut() {
                                         Some(p)
                                             if p.base == Base::Cache
                                                 && p.slot == Some(slot)
-                                                && p.device_offset_bytes + p.len_bytes as u64 == dev
+                                                && p.device_offset_bytes + p.len_bytes as u64
+                                                    == dev
                                                 && p.out_offset_bytes + p.len_bytes == o =>
                                         {
                                             p.len_bytes += len;
@@ -163,7 +176,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             self.backing_fg_begin();
         }
         let reads = pieces.iter().map(|p| async move {
-            let mut buf = AlignedBuf::zeroed(p.len_bytes);
+            let mut buf = AlignedBuf::for_overwrite(p.len_bytes);
             let r = match p.base {
                 Base::Cache => self.cache.read(p.device_offset_bytes, &mut buf).await,
                 Base::Backing => self.backing.read(p.device_offset_bytes, &mut buf).await,
@@ -217,7 +230,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     /// Reads `out.len()` bytes (a multiple of 512) at `offset_sectors`: always the newest data.
     pub async fn read(&self, offset_sectors: u64, out: &mut [u8]) -> Result<(), IoError> {
-        assert!(out.len() % SECTOR == 0, "read length is not a multiple of 512");
+        assert!(
+            out.len() % SECTOR == 0,
+            "read length is not a multiple of 512"
+        );
         self.check_range(offset_sectors, (out.len() / SECTOR) as u64)?;
         self.inner.read_into(offset_sectors, out).await
     }

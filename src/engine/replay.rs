@@ -9,7 +9,9 @@
 use super::*;
 use crate::device::DeviceError;
 use crate::format::segment::data_block_crc;
-use crate::format::{DecodeError, Record, SegmentHeader, RECORD_OFFSETS_BYTES, VERSION_MAJOR, VERSION_MINOR};
+use crate::format::{
+    DecodeError, Record, SegmentHeader, RECORD_OFFSETS_BYTES, VERSION_MAJOR, VERSION_MINOR,
+};
 
 const SCAN_QUEUE_DEPTH: usize = 32;
 
@@ -61,13 +63,15 @@ impl LogScan {
 }
 
 async fn read_at<D: BlockDevice>(dev: &D, off: u64, len: usize) -> Result<AlignedBuf, DeviceError> {
-    let mut b = AlignedBuf::zeroed(len);
+    let mut b = AlignedBuf::for_overwrite(len);
     dev.read(off, &mut b).await?;
     Ok(b)
 }
 
 /// Reads and validates the superblock.
-pub async fn read_superblock<D: BlockDevice>(cache: &D) -> Result<Result<Superblock, DecodeError>, DeviceError> {
+pub async fn read_superblock<D: BlockDevice>(
+    cache: &D,
+) -> Result<Result<Superblock, DecodeError>, DeviceError> {
     let b = read_at(cache, 0, BLOCK).await?;
     Ok(Superblock::decode(&b))
 }
@@ -81,7 +85,8 @@ pub async fn format_cache<D: BlockDevice>(
     format_uuid: [u8; 16],
 ) -> Result<Superblock, CreateError> {
     let cache_info = cache.info();
-    let geometry = Geometry::for_device(cache_info.size_bytes, segment_size_kib).map_err(CreateError::Geometry)?;
+    let geometry = Geometry::for_device(cache_info.size_bytes, segment_size_kib)
+        .map_err(CreateError::Geometry)?;
     let sb = Superblock {
         version_major: VERSION_MAJOR,
         version_minor: VERSION_MINOR,
@@ -125,7 +130,10 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
     let mut slot = 0;
     while slot < nr {
         let end = (slot + SCAN_QUEUE_DEPTH as u64).min(nr);
-        let rs = futures::future::join_all((slot..end).map(|s| read_at(cache, geo.slot_offset_bytes(s), hb))).await;
+        let rs = futures::future::join_all(
+            (slot..end).map(|s| read_at(cache, geo.slot_offset_bytes(s), hb)),
+        )
+        .await;
         for (s, r) in (slot..end).zip(rs) {
             let b = r?;
             bytes_read += hb as u64;
@@ -174,11 +182,9 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
             let len = h.entries.len() * BLOCK;
             let data = read_at(cache, geo.data_block_offset_bytes(slot, 0), len).await?;
             bytes_read += len as u64;
-            let ok = h
-                .entries
-                .iter()
-                .enumerate()
-                .all(|(j, e)| e.valid_bits == 0 || data_block_crc(&data[j * BLOCK..(j + 1) * BLOCK]) == e.data_crc);
+            let ok = h.entries.iter().enumerate().all(|(j, e)| {
+                e.valid_bits == 0 || data_block_crc(&data[j * BLOCK..(j + 1) * BLOCK]) == e.data_crc
+            });
             if !ok {
                 good = id - 1;
                 break;
@@ -226,13 +232,19 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
 }
 
 fn uuid_str(u: Option<[u8; 16]>) -> String {
-    u.map(|u| crate::format::uuid_to_string(&u)).unwrap_or_else(|| "none".into())
+    u.map(|u| crate::format::uuid_to_string(&u))
+        .unwrap_or_else(|| "none".into())
 }
 
 impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     /// Opens a volume: formats an all-zero (or `force_format`) cache, resumes a valid one by
     /// replaying its log, and refuses anything else without writing.
-    pub async fn create(cache: D, backing: D, rt: R, opts: CreateOptions) -> Result<(Volume<D, R>, Startup), CreateError> {
+    pub async fn create(
+        cache: D,
+        backing: D,
+        rt: R,
+        opts: CreateOptions,
+    ) -> Result<(Volume<D, R>, Startup), CreateError> {
         let cache_info = cache.info();
         let backing_info = backing.info();
         let dev = |source| CreateError::Device {
@@ -289,7 +301,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                 if opts.options.write_around_mode {
                     let (dirty, _) = scan.dirty_summary();
                     if dirty > 0 {
-                        return Err(CreateError::DirtyInWriteAround { nr_dirty_blocks: dirty });
+                        return Err(CreateError::DirtyInWriteAround {
+                            nr_dirty_blocks: dirty,
+                        });
                     }
                     // Write-around keeps only clean data: start from an empty cache.
                     sb = None;
@@ -337,7 +351,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             slot_readers: vec![0; nr],
             slot_buf: vec![NO_BUF; nr],
             bufs: (0..nr_bufs)
-                .map(|_| Rc::new(RefCell::new(AlignedBuf::zeroed(geo.segment_size_bytes as usize))))
+                .map(|_| {
+                    Rc::new(RefCell::new(AlignedBuf::zeroed(
+                        geo.segment_size_bytes as usize,
+                    )))
+                })
                 .collect(),
             free_bufs: (0..nr_bufs).rev().collect(),
             open: None,
@@ -361,6 +379,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             drop_caches_active: 0,
             space_waiters: 0,
             shutting_down: false,
+            writeback_unsorted: false,
             backing_fg_inflight: 0,
             backing_busy_since_ns: now,
             backing_busy_ns: 0,
@@ -434,7 +453,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             st.last_durable = head;
             st.last_writeback = scan.last_writeback_id;
             st.recorded_writeback = scan.last_writeback_id;
-            st.prev_header_crc = scan.segments.last().map(|s| s.header.header_crc).unwrap_or(0);
+            st.prev_header_crc = scan
+                .segments
+                .last()
+                .map(|s| s.header.header_crc)
+                .unwrap_or(0);
             st.record_seq = scan.record.as_ref().map(|r| r.seq).unwrap_or(0);
             st.geo.header_bytes()
         };

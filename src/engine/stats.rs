@@ -5,7 +5,10 @@ use serde::Serialize;
 /// Index of a hit/miss counter, as dm-writeboost numbers them:
 /// `(write << 3) | (hit << 2) | (on_buffer << 1) | fullsize`.
 pub fn stat_index(write: bool, hit: bool, on_buffer: bool, fullsize: bool) -> usize {
-    ((write as usize) << 3) | ((hit as usize) << 2) | ((on_buffer as usize) << 1) | fullsize as usize
+    ((write as usize) << 3)
+        | ((hit as usize) << 2)
+        | ((on_buffer as usize) << 1)
+        | fullsize as usize
 }
 
 pub fn stat_name(i: usize) -> String {
@@ -13,7 +16,11 @@ pub fn stat_name(i: usize) -> String {
         "{}_{}_{}_{}",
         if i & 8 != 0 { "write" } else { "read" },
         if i & 4 != 0 { "hit" } else { "miss" },
-        if i & 2 != 0 { "on_buffer" } else { "not_on_buffer" },
+        if i & 2 != 0 {
+            "on_buffer"
+        } else {
+            "not_on_buffer"
+        },
         if i & 1 != 0 { "fullsize" } else { "partial" },
     )
 }
@@ -58,7 +65,10 @@ mod tests {
 
     #[test]
     fn names_follow_dm_writeboost_order() {
-        assert_eq!(stat_name(stat_index(true, false, false, true)), "write_miss_not_on_buffer_fullsize");
+        assert_eq!(
+            stat_name(stat_index(true, false, false, true)),
+            "write_miss_not_on_buffer_fullsize"
+        );
         assert_eq!(stat_index(true, false, false, true), 9);
         assert_eq!(stat_index(false, true, true, true), 7);
         assert_eq!(stat_name(7), "read_hit_on_buffer_fullsize");

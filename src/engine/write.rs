@@ -79,7 +79,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if let (Some(cb), Some(o)) = (old, st.open) {
             if st.slot_of_cb(cb) == o.slot {
                 let off = st.cb_buf_offset(cb);
-                copy_sectors_in(&mut st.bufs[o.buf].borrow_mut()[off..off + BLOCK], mask, data);
+                copy_sectors_in(
+                    &mut st.bufs[o.buf].borrow_mut()[off..off + BLOCK],
+                    mask,
+                    data,
+                );
                 let (v, d) = (st.index.valid(cb), st.index.dirty(cb));
                 if d == 0 {
                     st.nr_dirty += 1;
@@ -99,7 +103,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if let Some(cb) = old {
             let (v, d) = (st.index.valid(cb), st.index.dirty(cb));
             old_in_ram = st.cb_in_ram(cb);
-            need = if old_in_ram.is_some() { v & !mask } else { d & !mask };
+            need = if old_in_ram.is_some() {
+                v & !mask
+            } else {
+                d & !mask
+            };
             if need != 0 && old_in_ram.is_none() && old_copy.map(|(c, _)| c) != Some(cb) {
                 return Place::NeedOldCopy { cb };
             }
@@ -156,7 +164,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             st.slot_readers[slot as usize] += 1;
             (st.cb_device_offset(cb), slot)
         };
-        let mut buf = AlignedBuf::zeroed(BLOCK);
+        let mut buf = AlignedBuf::for_overwrite(BLOCK);
         let r = self.cache.read(off, &mut buf).await;
         let mut st = self.st.borrow_mut();
         st.slot_readers[slot as usize] -= 1;
@@ -171,14 +179,22 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     /// Writes `data` at `offset_sectors` into the log. Returns the newest segment id touched.
-    async fn write_to_log(self: &Rc<Self>, offset_sectors: u64, data: &[u8]) -> Result<u64, IoError> {
+    async fn write_to_log(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        data: &[u8],
+    ) -> Result<u64, IoError> {
         let ticket = self.gate_enter().await;
         let r = self.write_to_log_gated(offset_sectors, data).await;
         self.gate_exit(ticket);
         r
     }
 
-    async fn write_to_log_gated(self: &Rc<Self>, offset_sectors: u64, data: &[u8]) -> Result<u64, IoError> {
+    async fn write_to_log_gated(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        data: &[u8],
+    ) -> Result<u64, IoError> {
         let spb = SECTORS_PER_BLOCK as u64;
         let end = offset_sectors + (data.len() / SECTOR) as u64;
         let mut sector = offset_sectors;
@@ -236,7 +252,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     /// Write-around: invalidate cached copies and write to the backing device.
-    async fn write_around(self: &Rc<Self>, offset_sectors: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
+    async fn write_around(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<(), IoError> {
         let ticket = self.gate_enter().await;
         self.invalidate_range(offset_sectors, (data.len() / SECTOR) as u64, true);
         self.gate_exit(ticket);
@@ -248,14 +269,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         self.backing_fg_end();
         // A read that started before this write may have staged the old data meanwhile.
         self.invalidate_range(offset_sectors, (data.len() / SECTOR) as u64, true);
-        let mut st = self.st.borrow_mut();
-        if let Err(e) = r {
-            st.counters.backing_write_errors += 1;
-            return Err(IoError::backing(e));
+        {
+            let mut st = self.st.borrow_mut();
+            if let Err(e) = r {
+                st.counters.backing_write_errors += 1;
+                return Err(IoError::backing(e));
+            }
+            st.backing_needs_flush = true;
+            st.counters.bytes_written += data.len() as u64;
         }
-        st.backing_needs_flush = true;
-        st.counters.bytes_written += data.len() as u64;
-        drop(st);
         if fua {
             self.flush_backing().await?;
         }
@@ -266,9 +288,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     pub(super) fn invalidate_range(&self, offset_sectors: u64, nr_sectors: u64, partial_too: bool) {
         let spb = SECTORS_PER_BLOCK as u64;
         let (first, last) = if partial_too {
-            (offset_sectors / spb, (offset_sectors + nr_sectors).div_ceil(spb))
+            (
+                offset_sectors / spb,
+                (offset_sectors + nr_sectors).div_ceil(spb),
+            )
         } else {
-            (offset_sectors.div_ceil(spb), (offset_sectors + nr_sectors) / spb)
+            (
+                offset_sectors.div_ceil(spb),
+                (offset_sectors + nr_sectors) / spb,
+            )
         };
         if first >= last {
             return;
@@ -302,6 +330,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 }
 
 impl State {
+    /// True when the next segment's slot still holds a segment not (recorded) written back.
+    pub(super) fn log_full(&self) -> bool {
+        let id = self.next_id + self.open.is_some() as u64;
+        let nr = self.geo.nr_segments;
+        id > nr && self.recorded_writeback < id - nr
+    }
+
     /// True when a segment can be opened (or the open one has room).
     pub(super) fn space_available(&self) -> bool {
         if let Some(o) = self.open {
@@ -342,7 +377,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     /// Writes `data` (a multiple of 512 bytes) at `offset_sectors`. Without `fua` it completes once
     /// the data is in a RAM buffer; with `fua` once its segment is durable on the cache device.
     pub async fn write(&self, offset_sectors: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        assert!(data.len() % SECTOR == 0, "write length is not a multiple of 512");
+        assert!(
+            data.len() % SECTOR == 0,
+            "write length is not a multiple of 512"
+        );
         self.check_range(offset_sectors, (data.len() / SECTOR) as u64)?;
         let inner = &self.inner;
         if fua {
@@ -397,7 +435,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
 
     /// Write-zeroes: zeroes are written through the log like any data (so the usual ordering and
     /// durability rules hold), in chunks of at most 1 MiB.
-    pub async fn write_zeroes(&self, offset_sectors: u64, nr_sectors: u64, fua: bool) -> Result<(), IoError> {
+    pub async fn write_zeroes(
+        &self,
+        offset_sectors: u64,
+        nr_sectors: u64,
+        fua: bool,
+    ) -> Result<(), IoError> {
         self.check_range(offset_sectors, nr_sectors)?;
         const CHUNK_SECTORS: u64 = 2048;
         let zeroes = vec![0u8; (CHUNK_SECTORS.min(nr_sectors) as usize) * SECTOR];
@@ -405,7 +448,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         let end = offset_sectors + nr_sectors;
         while s < end {
             let n = CHUNK_SECTORS.min(end - s);
-            self.write(s, &zeroes[..n as usize * SECTOR], fua && s + n == end).await?;
+            self.write(s, &zeroes[..n as usize * SECTOR], fua && s + n == end)
+                .await?;
             s += n;
         }
         Ok(())
@@ -419,7 +463,10 @@ mod tests {
     #[test]
     fn runs_split_masks() {
         assert_eq!(runs(0xff).collect::<Vec<_>>(), vec![(0, 8)]);
-        assert_eq!(runs(0b1011_0001).collect::<Vec<_>>(), vec![(0, 1), (4, 2), (7, 1)]);
+        assert_eq!(
+            runs(0b1011_0001).collect::<Vec<_>>(),
+            vec![(0, 1), (4, 2), (7, 1)]
+        );
         assert_eq!(mask_of(0, 8), 0xff);
         assert_eq!(mask_of(3, 2), 0b0001_1000);
     }

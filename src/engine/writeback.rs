@@ -33,8 +33,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let free = st.geo.nr_segments.saturating_sub(used);
         // Keep a reserve of free segments so foreground writes rarely wait.
         let low_water = (st.geo.nr_segments / 4).max(2);
-        let urgent = st.drop_caches_active > 0 || st.space_waiters > 0 || free < low_water;
-        let background = st.opts.writeback_threshold > 0 && st.backing_util_pct < st.opts.writeback_threshold;
+        let urgent = st.drop_caches_active > 0
+            || (st.space_waiters > 0 && st.log_full())
+            || free < low_water;
+        let background =
+            st.opts.writeback_threshold > 0 && st.backing_util_pct < st.opts.writeback_threshold;
         urgent || background
     }
 
@@ -74,7 +77,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             match &r {
                 Ok(_) => st.writeback_backoff_ns = 0,
                 Err(_) => {
-                    st.writeback_backoff_ns = (st.writeback_backoff_ns * 2).clamp(BACKOFF_MIN_NS, BACKOFF_MAX_NS);
+                    st.writeback_backoff_ns =
+                        (st.writeback_backoff_ns * 2).clamp(BACKOFF_MIN_NS, BACKOFF_MAX_NS);
                     st.writeback_retry_at_ns = now + st.writeback_backoff_ns;
                 }
             }
@@ -90,18 +94,23 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 
     async fn writeback_batch_inner(self: &Rc<Self>) -> Result<u64, IoError> {
         // The batch: whole segment images (header and data) of the oldest durable segments.
+        let lagging = {
+            let st = self.st.borrow();
+            let nothing = st.last_durable <= st.last_writeback;
+            nothing.then_some(st.recorded_writeback < st.last_writeback)
+        };
+        if let Some(lagging) = lagging {
+            if lagging {
+                self.write_record(false).await?;
+            }
+            return Ok(0);
+        }
         let (last_id, slots, reads) = {
             let mut st = self.st.borrow_mut();
             let first_id = st.last_writeback + 1;
-            let last_id = st.last_durable.min(st.last_writeback + st.opts.nr_max_batched_writeback);
-            if last_id < first_id {
-                let lagging = st.recorded_writeback < st.last_writeback;
-                drop(st);
-                if lagging {
-                    self.write_record(false).await?;
-                }
-                return Ok(0);
-            }
+            let last_id = st
+                .last_durable
+                .min(st.last_writeback + st.opts.nr_max_batched_writeback);
             let mut slots = Vec::new();
             let mut reads: Vec<(u64, u64, usize)> = Vec::new();
             for id in first_id..=last_id {
@@ -125,21 +134,38 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 st.slot_readers[*s as usize] -= 1;
             }
         };
-        let results = futures::future::join_all(reads.iter().map(|&(_, off, len)| async move {
-            let mut b = AlignedBuf::zeroed(len);
+        // First the headers (a block or a few per segment) ...
+        let hb = self.st.borrow().geo.header_bytes();
+        let results = futures::future::join_all(reads.iter().map(|&(_, off, _)| async move {
+            let mut b = AlignedBuf::for_overwrite(hb);
             let r = self.cache.read(off, &mut b).await;
             (b, r)
         }))
         .await;
-        unpin(self);
-        let mut bufs = Vec::with_capacity(results.len());
-        for (b, r) in results {
-            if let Err(e) = r {
+        let mut headers = Vec::with_capacity(results.len());
+        for (k, (b, r)) in results.into_iter().enumerate() {
+            let bad = |op| {
+                IoError::cache(crate::device::DeviceError::Io {
+                    op,
+                    offset_bytes: reads[k].1,
+                    len_bytes: hb as u64,
+                })
+            };
+            if r.is_err() {
+                unpin(self);
                 self.st.borrow_mut().counters.cache_read_errors += 1;
-                return Err(IoError::cache(e));
+                return Err(bad(crate::device::DeviceOp::Read));
             }
-            self.st.borrow_mut().counters.bytes_cache_read += b.len() as u64;
-            bufs.push(b);
+            let max = self.st.borrow().geo.data_blocks_per_segment();
+            match SegmentHeader::decode(&b, max) {
+                Ok(h) if h.id == reads[k].0 => headers.push(h),
+                _ => {
+                    unpin(self);
+                    self.st.borrow_mut().counters.cache_read_errors += 1;
+                    return Err(bad(crate::device::DeviceOp::Read));
+                }
+            }
+            self.st.borrow_mut().counters.bytes_cache_read += hb as u64;
         }
         // What to write: per backing block, the newest copy in the batch. A copy that is still
         // the current one is written with its dirty bits and marked clean afterwards. A copy
@@ -150,29 +176,20 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let mut items: Vec<Item> = Vec::new();
         {
             let st = self.st.borrow();
-            let hb = st.geo.header_bytes();
             let dpb = st.dpb();
             let mut newest: HashMap<u64, Item> = HashMap::new();
-            for (k, &(id, _, _)) in reads.iter().enumerate() {
-                let header = SegmentHeader::decode(&bufs[k][..hb], st.geo.data_blocks_per_segment())
-                    .map_err(|_| IoError::cache(crate::device::DeviceError::Io {
-                        op: crate::device::DeviceOp::Read,
-                        offset_bytes: reads[k].1,
-                        len_bytes: hb as u64,
-                    }))?;
-                debug_assert_eq!(header.id, id);
-                let slot = st.geo.slot_of_id(id);
-                for (j, e) in header.entries.iter().enumerate() {
+            for (k, h) in headers.iter().enumerate() {
+                let slot = st.geo.slot_of_id(h.id);
+                for (j, e) in h.entries.iter().enumerate() {
                     if e.valid_bits == 0 {
                         continue;
                     }
-                    let cb = slot * dpb + j as u64;
                     let item = Item {
                         block: e.backing_block,
-                        cb,
+                        cb: slot * dpb + j as u64,
                         dirty: e.dirty_bits,
                         buf: k,
-                        off: hb + j * BLOCK,
+                        off: j * BLOCK,
                         current: false,
                     };
                     newest.insert(e.backing_block, item);
@@ -197,8 +214,46 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 }
             }
         }
+        // ... then the data blocks needed: one read per segment, from its first needed block to
+        // its last.
+        let mut spans: Vec<Option<(usize, usize)>> = vec![None; headers.len()];
+        for it in &items {
+            let j = it.off / BLOCK;
+            let s = spans[it.buf].get_or_insert((j, j));
+            s.0 = s.0.min(j);
+            s.1 = s.1.max(j);
+        }
+        let data_reads = futures::future::join_all(spans.iter().enumerate().map(|(k, span)| {
+            let off = reads[k].1 + hb as u64;
+            async move {
+                let Some((a, b)) = *span else {
+                    return (AlignedBuf::zeroed(0), Ok(()));
+                };
+                let mut buf = AlignedBuf::for_overwrite((b - a + 1) * BLOCK);
+                let r = self.cache.read(off + (a * BLOCK) as u64, &mut buf).await;
+                (buf, r)
+            }
+        }))
+        .await;
+        unpin(self);
+        let mut bufs = Vec::with_capacity(data_reads.len());
+        for (b, r) in data_reads {
+            if let Err(e) = r {
+                self.st.borrow_mut().counters.cache_read_errors += 1;
+                return Err(IoError::cache(e));
+            }
+            self.st.borrow_mut().counters.bytes_cache_read += b.len() as u64;
+            bufs.push(b);
+        }
+        for it in &mut items {
+            it.off -= spans[it.buf].expect("span of an item").0 * BLOCK;
+        }
         // Sort by backing LBA and coalesce.
-        items.sort_unstable_by_key(|it| it.block);
+        if self.st.borrow().writeback_unsorted {
+            items.sort_unstable_by_key(|it| it.cb);
+        } else {
+            items.sort_unstable_by_key(|it| it.block);
+        }
         let mut writes: Vec<(u64, AlignedBuf)> = Vec::new();
         let mut i = 0;
         while i < items.len() {
@@ -212,16 +267,17 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 {
                     j += 1;
                 }
-                let mut data = AlignedBuf::zeroed((j - i) * BLOCK);
+                let mut data = AlignedBuf::for_overwrite((j - i) * BLOCK);
                 for (k, it) in items[i..j].iter().enumerate() {
-                    data[k * BLOCK..(k + 1) * BLOCK].copy_from_slice(&bufs[it.buf][it.off..it.off + BLOCK]);
+                    data[k * BLOCK..(k + 1) * BLOCK]
+                        .copy_from_slice(&bufs[it.buf][it.off..it.off + BLOCK]);
                 }
                 writes.push((it.block * BLOCK as u64, data));
                 i = j;
             } else {
                 for (s, n) in runs(it.dirty) {
                     let a = it.off + s as usize * SECTOR;
-                    let mut data = AlignedBuf::zeroed(n as usize * SECTOR);
+                    let mut data = AlignedBuf::for_overwrite(n as usize * SECTOR);
                     data.copy_from_slice(&bufs[it.buf][a..a + n as usize * SECTOR]);
                     writes.push((it.block * BLOCK as u64 + (s as usize * SECTOR) as u64, data));
                 }
@@ -232,7 +288,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let _ = &reads;
         let mut bytes = 0u64;
         for chunk in writes.chunks(WRITE_QUEUE_DEPTH) {
-            let rs = futures::future::join_all(chunk.iter().map(|(off, data)| self.backing.write(*off, data))).await;
+            let rs = futures::future::join_all(
+                chunk
+                    .iter()
+                    .map(|(off, data)| self.backing.write(*off, data)),
+            )
+            .await;
             for ((_, data), r) in chunk.iter().zip(rs) {
                 if let Err(e) = r {
                     self.st.borrow_mut().counters.backing_write_errors += 1;
@@ -248,18 +309,19 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
         }
         // Mark clean what is still the same copy, then advance.
-        let mut st = self.st.borrow_mut();
-        for it in items.iter().filter(|it| it.current) {
-            if st.index.backing_of(it.cb) == it.block && st.index.dirty(it.cb) != 0 {
-                let v = st.index.valid(it.cb);
-                st.index.set_bits(it.cb, v, 0);
-                st.nr_dirty -= 1;
+        {
+            let mut st = self.st.borrow_mut();
+            for it in items.iter().filter(|it| it.current) {
+                if st.index.backing_of(it.cb) == it.block && st.index.dirty(it.cb) != 0 {
+                    let v = st.index.valid(it.cb);
+                    st.index.set_bits(it.cb, v, 0);
+                    st.nr_dirty -= 1;
+                }
             }
+            st.last_writeback = last_id;
+            st.counters.bytes_written_back += bytes;
+            st.counters.writeback_batches += 1;
         }
-        st.last_writeback = last_id;
-        st.counters.bytes_written_back += bytes;
-        st.counters.writeback_batches += 1;
-        drop(st);
         // Slots of these segments may be reused only once this is durably recorded.
         self.write_record(false).await?;
         Ok(bytes)

@@ -43,7 +43,9 @@ pub enum DecodeError {
     BadMagic { found: u64 },
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadChecksum { stored: u32, computed: u32 },
-    #[error("format version {major}.{minor} is newer than this build ({VERSION_MAJOR}.{VERSION_MINOR})")]
+    #[error(
+        "format version {major}.{minor} is newer than this build ({VERSION_MAJOR}.{VERSION_MINOR})"
+    )]
     VersionTooNew { major: u32, minor: u32 },
     #[error("field {field} out of range: {value}")]
     OutOfRange { field: &'static str, value: u64 },

@@ -104,7 +104,10 @@ impl SegmentHeader {
         }
         let id = get_u64(b, OFF_ID);
         if id == 0 {
-            return Err(DecodeError::OutOfRange { field: "id", value: 0 });
+            return Err(DecodeError::OutOfRange {
+                field: "id",
+                value: 0,
+            });
         }
         let durable_through_id = get_u64(b, OFF_DURABLE);
         if durable_through_id >= id {
@@ -185,7 +188,10 @@ mod tests {
         let d = SegmentHeader::decode(&b, 127).unwrap();
         assert_eq!(d.header_crc, crc);
         assert_eq!(d.entries, h.entries);
-        assert_eq!((d.id, d.durable_through_id, d.prev_header_crc), (42, 40, 0xdead_beef));
+        assert_eq!(
+            (d.id, d.durable_through_id, d.prev_header_crc),
+            (42, 40, 0xdead_beef)
+        );
     }
 
     #[test]
@@ -195,7 +201,10 @@ mod tests {
         for bit in 0..((SEGMENT_HEADER_FIXED_BYTES + 2 * ENTRY_SIZE_BYTES) * 8) {
             let mut c = b.clone();
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(SegmentHeader::decode(&c, 127).is_err(), "bit {bit} flip accepted");
+            assert!(
+                SegmentHeader::decode(&c, 127).is_err(),
+                "bit {bit} flip accepted"
+            );
         }
     }
 

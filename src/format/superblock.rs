@@ -19,7 +19,10 @@ pub struct Geometry {
 
 impl Geometry {
     /// The layout for a cache device of `cache_size_bytes` with segments of `segment_size_kib`.
-    pub fn for_device(cache_size_bytes: u64, segment_size_kib: u32) -> Result<Geometry, DecodeError> {
+    pub fn for_device(
+        cache_size_bytes: u64,
+        segment_size_kib: u32,
+    ) -> Result<Geometry, DecodeError> {
         if !(SEGMENT_SIZE_KIB_MIN..=SEGMENT_SIZE_KIB_MAX).contains(&segment_size_kib)
             || !segment_size_kib.is_power_of_two()
         {
@@ -83,7 +86,8 @@ impl Geometry {
 
     /// Byte offset of data block `j` of slot `slot`.
     pub fn data_block_offset_bytes(&self, slot: u64, j: u32) -> u64 {
-        self.slot_offset_bytes(slot) + ((self.header_blocks + j) as u64) * self.block_size_bytes as u64
+        self.slot_offset_bytes(slot)
+            + ((self.header_blocks + j) as u64) * self.block_size_bytes as u64
     }
 }
 

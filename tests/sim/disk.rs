@@ -25,9 +25,11 @@ pub enum Latency {
     /// Uniform in [min, max] ns.
     Uniform { min_ns: u64, max_ns: u64 },
     /// A disk head: seek cost proportional to distance, plus transfer at `bytes_per_us`.
+    /// Seek time `settle + full_stroke * sqrt(distance / size)` (the classic short-seek model),
+    /// requests served one at a time, transfer at `bytes_per_us`. No rotational latency.
     Hdd {
-        seek_ns_per_gib: u64,
-        min_seek_ns: u64,
+        settle_ns: u64,
+        full_stroke_ns: u64,
         bytes_per_us: u64,
     },
 }
@@ -83,15 +85,17 @@ impl SimDisk {
         match st.cfg.latency.clone() {
             Latency::Uniform { min_ns, max_ns } => self.world.rng().range(min_ns, max_ns),
             Latency::Hdd {
-                seek_ns_per_gib,
-                min_seek_ns,
+                settle_ns,
+                full_stroke_ns,
                 bytes_per_us,
             } => {
                 let dist = offset.abs_diff(st.head_pos);
                 let seek = if dist == 0 {
                     0
                 } else {
-                    min_seek_ns + dist * seek_ns_per_gib / (1 << 30)
+                    settle_ns
+                        + (full_stroke_ns as f64 * (dist as f64 / st.cfg.size_bytes as f64).sqrt())
+                            as u64
                 };
                 let xfer = len * 1000 / bytes_per_us;
                 st.head_pos = offset + len;
@@ -135,13 +139,6 @@ impl SimDisk {
         }
         st.view = st.durable.clone();
         st.busy_until_ns = 0;
-    }
-
-    /// Makes everything durable (a clean power-off after a final flush).
-    pub fn settle(&self) {
-        let mut st = self.st.borrow_mut();
-        st.durable = st.view.clone();
-        st.unflushed.clear();
     }
 
     fn range_ok(&self, op: DeviceOp, off: u64, len: u64) -> Result<(), DeviceError> {

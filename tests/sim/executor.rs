@@ -37,10 +37,6 @@ impl Rng {
     pub fn range(&mut self, lo: u64, hi_inclusive: u64) -> u64 {
         lo + self.below(hi_inclusive - lo + 1)
     }
-    /// True with probability 1/n (never for n == 0).
-    pub fn one_in(&mut self, n: u64) -> bool {
-        n != 0 && self.below(n) == 0
-    }
     pub fn chance(&mut self, pct: u64) -> bool {
         self.below(100) < pct
     }
@@ -194,7 +190,11 @@ impl World {
                         ready: self.0.ready.clone(),
                     }));
                     self.0.polls.set(self.0.polls.get() + 1);
-                    if fut.as_mut().poll(&mut Context::from_waker(&waker)).is_pending() {
+                    if fut
+                        .as_mut()
+                        .poll(&mut Context::from_waker(&waker))
+                        .is_pending()
+                    {
                         self.0.tasks.borrow_mut()[id] = Some(fut);
                     }
                 }

@@ -235,6 +235,11 @@ impl Model {
         self.writing[x as usize] = false;
     }
 
+    /// Discarded and not written since.
+    pub fn is_undefined(&self, x: u64) -> bool {
+        self.sectors[x as usize].recs.last().map(|r| r.id) == Some(UNDEF)
+    }
+
     pub fn reset_in_flight(&mut self) {
         self.reads_in_flight.clear();
         for w in &mut self.writing {
@@ -248,8 +253,15 @@ impl Model {
         if h.recs.len() < 24 {
             return;
         }
-        let oldest_read = self.reads_in_flight.iter().copied().min().unwrap_or(u64::MAX);
-        let keep_from = h.walk_back(h.floor).min(h.walk_back(h.base_before(oldest_read)));
+        let oldest_read = self
+            .reads_in_flight
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(u64::MAX);
+        let keep_from = h
+            .walk_back(h.floor)
+            .min(h.walk_back(h.base_before(oldest_read)));
         if keep_from > 0 {
             let h = &mut self.sectors[x as usize];
             h.recs.drain(..keep_from);

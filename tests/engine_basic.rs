@@ -111,3 +111,345 @@ fn data_survives_clean_restart_and_drop_caches_drains_to_backing() {
     }
     vol.check_invariants();
 }
+
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+fn run<T: 'static>(rt: &LocalRuntime, f: impl std::future::Future<Output = T> + 'static) -> T {
+    rt.block_on(f)
+}
+
+const K: usize = 5; // stat_index(false, true, false, true): read, hit, not on buffer, fullsize
+const K_PARTIAL: usize = 4;
+
+/// dm-writeboost's read-caching pattern: read `read_kib`, skip `skip_kib`, over `total_mib`.
+fn pattern_reads(rt: &LocalRuntime, vol: &Vol, read_kib: u64, skip_kib: u64, total_mib: u64) {
+    let v = vol.clone();
+    run(rt, async move {
+        let mut buf = vec![0u8; (read_kib * 1024) as usize];
+        let mut off_kib = 0;
+        while off_kib + read_kib <= total_mib * 1024 {
+            v.read(off_kib * 2, &mut buf).await.unwrap();
+            off_kib += read_kib + skip_kib;
+            // In-memory devices complete at once: let the segment writes run, as they would
+            // between the completions of a real device.
+            yield_now().await;
+        }
+    });
+}
+
+/// "drop_transient": seal the RAM buffer so staged blocks are no longer on the buffer.
+fn drop_transient(rt: &LocalRuntime, vol: &Vol) {
+    let v = vol.clone();
+    run(rt, async move { v.flush().await.unwrap() });
+}
+
+fn with_threshold(t: u64) -> CreateOptions {
+    let mut o = CreateOptions::default();
+    o.options.read_cache_threshold = t;
+    o
+}
+
+#[test]
+fn read_caching_disabled_never_hits() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(32, 1024);
+    let (vol, _) = create(&rt, &c, &b, with_threshold(0));
+    pattern_reads(&rt, &vol, 4, 4, 16);
+    drop_transient(&rt, &vol);
+    vol.clear_stats();
+    pattern_reads(&rt, &vol, 4, 4, 16);
+    assert_eq!(vol.status().counters.stat[K], 0);
+}
+
+#[test]
+fn read_caching_enabled_hits_on_second_pass() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(32, 1024);
+    let (vol, _) = create(&rt, &c, &b, with_threshold(1));
+    vol.clear_stats();
+    pattern_reads(&rt, &vol, 4, 4, 16);
+    assert_eq!(vol.status().counters.stat[K], 0);
+    assert_eq!(vol.status().counters.staged_blocks, 2048);
+    drop_transient(&rt, &vol);
+    vol.clear_stats();
+    pattern_reads(&rt, &vol, 4, 4, 16);
+    assert_eq!(vol.status().counters.stat[K], 2048);
+}
+
+#[test]
+fn read_caching_threshold_127_skips_long_runs() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(32, 1024);
+    let (vol, _) = create(&rt, &c, &b, with_threshold(127));
+    pattern_reads(&rt, &vol, 1024, 1024, 24);
+    drop_transient(&rt, &vol);
+    vol.clear_stats();
+    pattern_reads(&rt, &vol, 1024, 1024, 24);
+    assert!(vol.status().counters.stat[K] < 128);
+    assert_eq!(vol.status().counters.staged_blocks, 0);
+}
+
+#[test]
+fn read_caching_threshold_1_skips_runs_of_two() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(32, 1024);
+    let (vol, _) = create(&rt, &c, &b, with_threshold(1));
+    pattern_reads(&rt, &vol, 8, 8, 24);
+    drop_transient(&rt, &vol);
+    vol.clear_stats();
+    pattern_reads(&rt, &vol, 8, 8, 24);
+    assert!(vol.status().counters.stat[K] < 2);
+}
+
+#[test]
+fn read_caching_never_stages_partial_reads() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(32, 1024);
+    let (vol, _) = create(&rt, &c, &b, with_threshold(127));
+    pattern_reads(&rt, &vol, 3, 5, 16);
+    drop_transient(&rt, &vol);
+    vol.clear_stats();
+    pattern_reads(&rt, &vol, 3, 5, 16);
+    let st = vol.status().counters.stat;
+    assert_eq!((st[K], st[K_PARTIAL]), (0, 0));
+}
+
+#[test]
+fn drop_caches_on_clean_volume_leaves_stats_unchanged() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(32, 256);
+    let (vol, _) = create(&rt, &c, &b, CreateOptions::default());
+    vol.clear_stats();
+    let v = vol.clone();
+    run(&rt, async move { v.drop_caches().await.unwrap() });
+    assert_eq!(vol.status().counters.stat, [0; 16]);
+}
+
+#[test]
+fn rw_1_sector_50_mib_and_200_mib_through_a_100_mib_cache() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(100, 500);
+    let (vol, _) = create(&rt, &c, &b, CreateOptions::default());
+    for len_bytes in [512usize, 50 << 20, 200 << 20] {
+        let v = vol.clone();
+        let ok = run(&rt, async move {
+            let data = vec![0x01u8; len_bytes];
+            // Large I/O is submitted in 1 MiB requests, as O_DIRECT would.
+            for (i, chunk) in data.chunks(1 << 20).enumerate() {
+                v.write((i << 11) as u64, chunk, false).await.unwrap();
+            }
+            let mut out = vec![0u8; len_bytes];
+            for (i, chunk) in out.chunks_mut(1 << 20).enumerate() {
+                v.read((i << 11) as u64, chunk).await.unwrap();
+            }
+            out == data
+        });
+        assert!(ok, "{len_bytes} bytes read back differently");
+    }
+    assert!(
+        vol.status().counters.writeback_batches > 0,
+        "200 MiB through 100 MiB must write back"
+    );
+    vol.check_invariants();
+}
+
+#[test]
+fn empty_flush_writes_no_segment() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    let (vol, _) = create(&rt, &c, &b, CreateOptions::default());
+    let v = vol.clone();
+    run(&rt, async move {
+        v.write(0, &[7u8; 4096], false).await.unwrap();
+        v.flush().await.unwrap();
+    });
+    let segs = vol.status().counters.segments_written;
+    assert_eq!(segs, 1);
+    let written = c.bytes_written.get();
+    let v = vol.clone();
+    run(&rt, async move {
+        v.flush().await.unwrap();
+        v.flush().await.unwrap();
+    });
+    assert_eq!(vol.status().counters.segments_written, segs);
+    assert_eq!(
+        c.bytes_written.get(),
+        written,
+        "an empty FLUSH wrote to the cache"
+    );
+}
+
+#[test]
+fn discard_invalidates_and_write_zeroes_reads_zero() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    let (vol, _) = create(&rt, &c, &b, CreateOptions::default());
+    let v = vol.clone();
+    let (after_discard, after_zeroes) = run(&rt, async move {
+        v.write(0, &vec![9u8; 16384], false).await.unwrap();
+        v.discard(0, 16).await.unwrap();
+        let mut a = vec![0u8; 8192];
+        v.read(0, &mut a).await.unwrap();
+        v.write_zeroes(16, 16, false).await.unwrap();
+        let mut z = vec![1u8; 8192];
+        v.read(16, &mut z).await.unwrap();
+        (a, z)
+    });
+    // Discarded blocks are no longer cached: the (never written) backing device answers.
+    assert!(after_discard.iter().all(|&x| x == 0));
+    assert!(after_zeroes.iter().all(|&x| x == 0));
+    assert_eq!(vol.status().nr_dirty_cache_blocks, 2);
+}
+
+#[test]
+fn partial_writes_merge_with_older_copies() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    let (vol, _) = create(&rt, &c, &b, CreateOptions::default());
+    let v = vol.clone();
+    let out = run(&rt, async move {
+        v.write(0, &[1u8; 4096], false).await.unwrap();
+        v.flush().await.unwrap(); // the first copy is now on the cache device
+        v.write(3, &[2u8; 1024], false).await.unwrap(); // sectors 3 and 4 of block 0
+        let mut out = vec![0u8; 4096];
+        v.read(0, &mut out).await.unwrap();
+        out
+    });
+    for (s, chunk) in out.chunks(512).enumerate() {
+        let want = if s == 3 || s == 4 { 2 } else { 1 };
+        assert!(chunk.iter().all(|&x| x == want), "sector {s}");
+    }
+}
+
+#[test]
+fn write_around_writes_reach_the_backing_device_at_once() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    let mut o = CreateOptions::default();
+    o.options.write_around_mode = true;
+    let (vol, _) = create(&rt, &c, &b, o);
+    let v = vol.clone();
+    run(&rt, async move {
+        v.write(8, &[5u8; 4096], false).await.unwrap()
+    });
+    assert!(b.snapshot()[4096..8192].iter().all(|&x| x == 5));
+    assert_eq!(vol.status().nr_dirty_cache_blocks, 0);
+}
+
+#[test]
+fn create_refuses_garbage_wrong_backing_and_changed_geometry_without_writing() {
+    use writeboost::engine::CreateError;
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    // Garbage in block 0.
+    let garbage = Rc::new(MemDevice::new("cache", 16 << 20));
+    {
+        let g = garbage.clone();
+        run(
+            &rt,
+            async move { g.write(0, &[0xeeu8; 4096]).await.unwrap() },
+        );
+    }
+    let before = garbage.snapshot();
+    let (g, bb, r) = (Shared(garbage.clone()), Shared(b.clone()), rt.clone());
+    let e = run(&rt, async move {
+        Volume::create(g, bb, r, CreateOptions::default())
+            .await
+            .err()
+    });
+    assert!(
+        matches!(e, Some(CreateError::NotWriteboost { .. })),
+        "{e:?}"
+    );
+    assert!(
+        garbage.snapshot() == before,
+        "a refused create wrote to the cache"
+    );
+    // A valid cache paired with another backing device.
+    let (vol, _) = create(&rt, &c, &b, CreateOptions::default());
+    drop(vol);
+    let other = Rc::new(MemDevice::new("other", 128 << 20));
+    let before = c.snapshot();
+    let (cc, oo, r) = (Shared(c.clone()), Shared(other), rt.clone());
+    let e = run(&rt, async move {
+        Volume::create(cc, oo, r, CreateOptions::default())
+            .await
+            .err()
+    });
+    assert!(matches!(e, Some(CreateError::WrongBacking { .. })), "{e:?}");
+    // A changed segment size.
+    let mut o = CreateOptions::default();
+    o.segment_size_kib = Some(256);
+    let (cc, bb, r) = (Shared(c.clone()), Shared(b.clone()), rt.clone());
+    let e = run(&rt, async move { Volume::create(cc, bb, r, o).await.err() });
+    assert!(
+        matches!(e, Some(CreateError::GeometryChanged { .. })),
+        "{e:?}"
+    );
+    assert!(
+        c.snapshot() == before,
+        "a refused create wrote to the cache"
+    );
+}
+
+#[test]
+fn replay_of_a_full_cache_reads_under_two_percent_of_it() {
+    // Replay reads every slot's header block (1/128 of the device with 512 KiB segments) and the
+    // data of the few newest segments no header proves durable (at most the RAM buffers' worth).
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(1024, 8192);
+    let mut o = CreateOptions::default();
+    o.options.writeback_threshold = 0;
+    let (vol, _) = create(&rt, &c, &b, o.clone());
+    let n = vol.status().nr_cache_blocks * 7 / 10;
+    let v = vol.clone();
+    run(&rt, async move {
+        for i in 0..n {
+            v.write((i * 7 % (1 << 20)) * 8, &[3u8; 4096], false)
+                .await
+                .unwrap();
+        }
+        v.flush().await.unwrap();
+    });
+    let dirty = vol.status().nr_dirty_cache_blocks;
+    drop(vol); // no shutdown: a crash
+    let before = c.bytes_read.get();
+    let (vol, _) = create(&rt, &c, &b, o);
+    let read = c.bytes_read.get() - before;
+    assert_eq!(vol.status().nr_dirty_cache_blocks, dirty);
+    let share = read as f64 / (1024u64 << 20) as f64;
+    assert!(
+        share < 0.02,
+        "replay read {read} bytes ({:.2} %)",
+        share * 100.0
+    );
+}
+
+#[test]
+fn set_option_errors_name_the_key_and_range() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    let (vol, _) = create(&rt, &c, &b, CreateOptions::default());
+    let e = vol
+        .set_option("nr_max_batched_writeback", 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nr_max_batched_writeback") && e.contains("1..=256"),
+        "{e}"
+    );
+    assert!(vol.set_option("write_around_mode", 1).is_err());
+    vol.set_option("writeback_threshold", 40).unwrap();
+    assert_eq!(vol.options().writeback_threshold, 40);
+}

@@ -129,6 +129,9 @@ struct State {
     shutting_down: bool,
     /// Benchmarks only: write back in log order instead of LBA order.
     writeback_unsorted: bool,
+    /// Tests only: acknowledge FLUSH/FUA without flushing the cache device (a planted bug the
+    /// simulation must catch).
+    canary_skip_cache_flush: bool,
     // Backing load, foreground I/O only.
     backing_fg_inflight: u32,
     backing_busy_since_ns: u64,
@@ -335,6 +338,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         self.inner.st.borrow_mut().opts.set(key, value, false)?;
         self.inner.notify();
         Ok(())
+    }
+
+    /// Canary for the simulation: FLUSH and FUA complete without flushing the cache device.
+    #[doc(hidden)]
+    pub fn plant_bug_skip_cache_flush(&self) {
+        self.inner.st.borrow_mut().canary_skip_cache_flush = true;
     }
 
     /// For benchmarks: write back in log order (no LBA sort), to measure what sorting buys.

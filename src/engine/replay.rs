@@ -380,6 +380,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             space_waiters: 0,
             shutting_down: false,
             writeback_unsorted: false,
+            canary_skip_cache_flush: false,
             backing_fg_inflight: 0,
             backing_busy_since_ns: now,
             backing_busy_ns: 0,

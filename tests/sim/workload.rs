@@ -26,6 +26,8 @@ pub struct Swarm {
     pub write_around: bool,
     pub fua_pct: u64,
     pub discard_pct: u64,
+    /// Plant the canary bug (FLUSH without a cache flush) in every volume.
+    pub canary: bool,
 }
 
 impl Swarm {
@@ -49,6 +51,7 @@ impl Swarm {
             write_around: r.chance(8),
             fua_pct: r.range(0, 20),
             discard_pct: r.range(0, 6),
+            canary: false,
         }
     }
 }
@@ -285,7 +288,12 @@ fn create(
     };
     let (c, b, rt) = (cache.clone(), backing.clone(), SimRuntime(world.clone()));
     match world.block_on(async move { Volume::create(c, b, rt, opts).await }) {
-        Some(Ok((v, _))) => Ok(v),
+        Some(Ok((v, _))) => {
+            if swarm.canary {
+                v.plant_bug_skip_cache_flush();
+            }
+            Ok(v)
+        }
         Some(Err(e)) => fail("create failed", e.to_string()),
         None => fail("create stalled", String::new()),
     }
@@ -348,8 +356,14 @@ fn verify_all(
 
 #[allow(clippy::result_large_err)]
 pub fn run(seed: u64) -> Result<Swarm, (Swarm, Failure)> {
+    run_with(seed, false)
+}
+
+#[allow(clippy::result_large_err)]
+pub fn run_with(seed: u64, canary: bool) -> Result<Swarm, (Swarm, Failure)> {
     let world = World::new(seed);
-    let swarm = Swarm::from_seed(&world);
+    let mut swarm = Swarm::from_seed(&world);
+    swarm.canary = canary;
     let r = run_swarm(&world, &swarm);
     // Tasks hold the world (and the disks): break the cycle.
     world.kill_all();

@@ -389,8 +389,10 @@ fn create_refuses_garbage_wrong_backing_and_changed_geometry_without_writing() {
     });
     assert!(matches!(e, Some(CreateError::WrongBacking { .. })), "{e:?}");
     // A changed segment size.
-    let mut o = CreateOptions::default();
-    o.segment_size_kib = Some(256);
+    let o = CreateOptions {
+        segment_size_kib: Some(256),
+        ..CreateOptions::default()
+    };
     let (cc, bb, r) = (Shared(c.clone()), Shared(b.clone()), rt.clone());
     let e = run(&rt, async move { Volume::create(cc, bb, r, o).await.err() });
     assert!(

@@ -201,10 +201,12 @@ fn assert_bdevperf_ok(ok: bool, log: &str, bdev: &str) {
 }
 
 /// Stock bdevperf with the preloaded module: verify over configs/bdevperf.json (malloc bases),
-/// 4 KiB and 64 KiB.
+/// 4 KiB and 64 KiB; then with a tiny spdk_bdev_io pool, so base I/O hits -ENOMEM and waits in
+/// spdk_bdev_queue_io_wait.
 fn bdevperf_verify_with_preloaded_module(env: &Env) {
     let bdevperf = env.spdk.join("build/examples/bdevperf");
-    let cfg = s(&env.root.join("configs/bdevperf.json"));
+    let cfg_path = env.root.join("configs/bdevperf.json");
+    let cfg = s(&cfg_path);
     for (bs, qd) in [("4096", "32"), ("65536", "8")] {
         let (ok, log) = env.run_app(
             "bdevperf",
@@ -221,6 +223,47 @@ fn bdevperf_verify_with_preloaded_module(env: &Env) {
             "module not active in bdevperf:\n{log}"
         );
     }
+    let mut c: Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).expect("config")).expect("json");
+    c["subsystems"][0]["config"]
+        .as_array_mut()
+        .expect("config array")
+        .insert(
+            0,
+            serde_json::json!({"method": "bdev_set_options",
+                           "params": {"bdev_io_pool_size": 256, "bdev_io_cache_size": 16}}),
+        );
+    let small = env.scratch.path("small_pool.json");
+    std::fs::write(&small, c.to_string()).expect("write config");
+    let (ok, log) = env.run_app(
+        "bdevperf",
+        &bdevperf,
+        &[
+            "--json",
+            &s(&small),
+            "-T",
+            "wb0",
+            "-q",
+            "256",
+            "-o",
+            "65536",
+            "-w",
+            "verify",
+            "-t",
+            "3",
+        ],
+        true,
+        Duration::from_secs(90),
+    );
+    assert_bdevperf_ok(ok, &log, "wb0");
+    assert!(
+        log.contains("out of spdk_bdev_io; waiting with spdk_bdev_queue_io_wait"),
+        "the -ENOMEM path was not exercised:\n{log}"
+    );
+    assert!(
+        log.contains("volume wb0: stopped cleanly"),
+        "no clean shutdown:\n{log}"
+    );
 }
 
 fn stats(env: &Env, sock: &Path, name: &str) -> Value {
@@ -468,6 +511,7 @@ fn nvmf_tcp_io_stats_crash_restart_hot_remove_drain(env: &Env) {
         u(&st, "current_id") - 1,
         "flushed log: {st}"
     );
+    let uuid_before = env.rpc_ok(&sock, &["bdev_get_bdevs", "-b", "wb0"])[0]["uuid"].clone();
     let saved = env.rpc_ok(&sock, &["save_config"]);
     let saved_text = serde_json::to_string(&saved).expect("config");
     assert!(
@@ -484,6 +528,11 @@ fn nvmf_tcp_io_stats_crash_restart_hot_remove_drain(env: &Env) {
     let t = env.start_target("nvmf-restart", &["--json", &s(&saved_cfg)]);
     let sock = t.sock.clone();
     wait_bdev(env, &sock, "wb0");
+    let uuid_after = env.rpc_ok(&sock, &["bdev_get_bdevs", "-b", "wb0"])[0]["uuid"].clone();
+    assert_eq!(
+        uuid_before, uuid_after,
+        "the bdev UUID must survive a restart"
+    );
     assert!(
         t.proc.log_text().contains("volume wb0: resumed"),
         "{}",

@@ -200,6 +200,8 @@ pub struct Vbdev {
     assemble_done: RefCell<Option<AssembleDone>>,
     /// Why the assembly failed, reported once the teardown finished.
     failure: RefCell<Option<(i32, String)>>,
+    /// The configuration this instance was assembled from.
+    cfg: Config,
 }
 
 pub type AssembleDone = Box<dyn FnOnce(Result<String, (i32, String)>)>;
@@ -317,6 +319,15 @@ fn on_base_event(volume: &str, base: &str, remove: bool) {
 /// Assembles the configured volume `name` (state must be `Waiting`). `done` runs on the app
 /// thread with the bdev name, or an errno and message once everything was undone.
 pub fn assemble(name: &str, done: AssembleDone) {
+    match prepare(name) {
+        Ok(vbp) => launch(vbp, done),
+        Err(e) => done(Err(e)),
+    }
+}
+
+/// First, synchronous half of an assembly (app thread): opens and claims both bases and creates
+/// the volume thread. Sets the state to `Assembling`; on failure, back to `Waiting`.
+fn prepare(name: &str) -> Result<SendPtr<Vbdev>, (i32, String)> {
     let cfg = with_reg(|r| {
         let e = find(r, name).ok_or((
             -libc::ENODEV,
@@ -332,22 +343,14 @@ pub fn assemble(name: &str, done: AssembleDone) {
             remove_pending: false,
         };
         Ok(e.cfg.clone())
-    });
-    let cfg = match cfg {
-        Ok(c) => c,
-        Err(e) => return done(Err(e)),
-    };
-    let vname = cfg.name.clone();
-    let done = Rc::new(RefCell::new(Some(done)));
-    let done2 = done.clone();
-    let fail = move |e: (i32, String)| {
-        let done = done2.borrow_mut().take().expect("assembly reply pending");
+    })?;
+    let fail = |e: (i32, String)| {
         with_reg(|r| {
-            if let Some(en) = find(r, &vname) {
+            if let Some(en) = find(r, &cfg.name) {
                 en.state = State::Waiting;
             }
         });
-        done(Err(e))
+        Err(e)
     };
     let cache = match BaseDesc::open(&cfg.cache_bdev, &cfg.name, module(), on_base_event, true) {
         Ok(b) => b,
@@ -401,19 +404,26 @@ pub fn assemble(name: &str, done: AssembleDone) {
         backing: RefCell::new(Some(backing)),
         io_device: Cell::new(false),
         destructing: Cell::new(false),
-        assemble_done: RefCell::new(done.borrow_mut().take()),
+        assemble_done: RefCell::new(None),
         failure: RefCell::new(None),
+        cfg,
     });
-    let vbp = SendPtr(Box::into_raw(vb));
-    let opts = CreateOptions {
-        options: cfg.options.clone(),
-        segment_size_kib: cfg.segment_size_kib,
-        force_format: cfg.force_format,
+    Ok(SendPtr(Box::into_raw(vb)))
+}
+
+/// Second, asynchronous half (app thread): replay on the volume thread, then register.
+fn launch(vbp: SendPtr<Vbdev>, done: AssembleDone) {
+    // SAFETY: prepared and not yet launched: alive, app thread.
+    let vb = unsafe { &*vbp.0 };
+    *vb.assemble_done.borrow_mut() = Some(done);
+    let opts = SendOpts(CreateOptions {
+        options: vb.cfg.options.clone(),
+        segment_size_kib: vb.cfg.segment_size_kib,
+        force_format: vb.cfg.force_format,
         new_format_uuid: new_format_uuid(),
         ..CreateOptions::default()
-    };
-    let opts = SendOpts(opts);
-    send_msg(thread, move || {
+    });
+    send_msg(vb.thread, move || {
         let opts = opts;
         vol_start(vbp, opts.0)
     });
@@ -644,8 +654,14 @@ fn vol_stop(vbp: SendPtr<Vbdev>) {
             c2.mgmt.zero().await;
             let vol = c2.vol.borrow().clone();
             if let Some(v) = vol {
-                if let Err(e) = v.shutdown().await {
-                    wb_error!("volume {name}: clean shutdown failed: {e}; the next create replays the log");
+                match v.shutdown().await {
+                    Ok(()) => wb_notice!(
+                        "volume {name}: stopped cleanly; {} dirty blocks stay on the cache for the next create",
+                        v.status().nr_dirty_cache_blocks
+                    ),
+                    Err(e) => wb_error!(
+                        "volume {name}: clean shutdown failed: {e}; the next create replays the log"
+                    ),
                 }
             }
         },
@@ -1077,9 +1093,14 @@ pub fn create_params_json(c: &Config) -> Value {
     Value::Object(p)
 }
 
-/// examine_disk: a bdev appeared; assemble every waiting volume it completes.
-unsafe extern "C" fn module_examine_disk(bdev: *mut sys::spdk_bdev) {
-    guard("examine_disk", || {
+/// Assemblies prepared (bases claimed) by examine_config, launched by examine_disk of the same
+/// bdev: (bdev name, volume).
+static PENDING: Mutex<Vec<(String, SendPtr<Vbdev>)>> = Mutex::new(Vec::new());
+
+/// examine_config: a bdev appeared. If it completes a waiting volume, open and claim both bases
+/// now (synchronously, no I/O), so no other module probes or claims them.
+unsafe extern "C" fn module_examine_config(bdev: *mut sys::spdk_bdev) {
+    guard("examine_config", || {
         let name = super::base::bdev_name(bdev);
         let candidates: Vec<(String, String, String)> = with_reg(|r| {
             r.iter()
@@ -1094,25 +1115,49 @@ unsafe extern "C" fn module_examine_disk(bdev: *mut sys::spdk_bdev) {
                 })
                 .collect()
         });
-        let ready: Vec<String> = candidates
-            .into_iter()
-            .filter(|(_, c, b)| super::base::bdev_exists(c) && super::base::bdev_exists(b))
-            .map(|(n, _, _)| n)
-            .collect();
-        if ready.is_empty() {
+        for (vname, c, b) in candidates {
+            if !(super::base::bdev_exists(&c) && super::base::bdev_exists(&b)) {
+                continue;
+            }
+            match prepare(&vname) {
+                Ok(vbp) => PENDING
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((name.clone(), vbp)),
+                Err((_, msg)) => wb_error!("volume {vname}: create failed: {msg}"),
+            }
+        }
+        // SAFETY: our registered module, once per examine_config call.
+        unsafe { sys::spdk_bdev_module_examine_done(module()) };
+    });
+}
+
+/// examine_disk: replay and register what examine_config prepared for this bdev; examine is
+/// done once the volumes are registered (so `bdev_wait_for_examine` waits for them).
+unsafe extern "C" fn module_examine_disk(bdev: *mut sys::spdk_bdev) {
+    guard("examine_disk", || {
+        let name = super::base::bdev_name(bdev);
+        let mine: Vec<SendPtr<Vbdev>> = {
+            let mut p = PENDING.lock().unwrap_or_else(|e| e.into_inner());
+            let (mine, rest): (Vec<_>, Vec<_>) = p.drain(..).partition(|(b, _)| *b == name);
+            *p = rest;
+            mine.into_iter().map(|(_, v)| v).collect()
+        };
+        if mine.is_empty() {
             // SAFETY: our registered module, once per examine_disk call.
             unsafe { sys::spdk_bdev_module_examine_done(module()) };
             return;
         }
-        let pending = Rc::new(Cell::new(ready.len()));
-        for vname in ready {
+        let pending = Rc::new(Cell::new(mine.len()));
+        for vbp in mine {
+            // SAFETY: prepared, not launched: alive; app thread.
+            let vname = unsafe { (*vbp.0).name.clone() };
             let pending = pending.clone();
-            assemble(
-                &vname.clone(),
+            launch(
+                vbp,
                 Box::new(move |r| {
-                    match r {
-                        Ok(_) => {}
-                        Err((_, msg)) => wb_error!("volume {vname}: create failed: {msg}"),
+                    if let Err((_, msg)) = r {
+                        wb_error!("volume {vname}: create failed: {msg}");
                     }
                     pending.set(pending.get() - 1);
                     if pending.get() == 0 {
@@ -1139,6 +1184,7 @@ pub fn register() {
     m.module_fini = Some(module_fini);
     m.config_json = Some(module_config_json);
     m.get_ctx_size = Some(module_get_ctx_size);
+    m.examine_config = Some(module_examine_config);
     m.examine_disk = Some(module_examine_disk);
     // SAFETY: as above.
     let mut t: Box<sys::spdk_bdev_fn_table> = Box::new(unsafe { std::mem::zeroed() });

@@ -4,6 +4,7 @@
 //! from the simulation loop. Plus the long operations built on them: drop_caches and shutdown.
 
 use super::*;
+use crate::engine::stats::ErrorKind;
 use crate::format::{Record, RECORD_FLAG_CLEAN_SHUTDOWN, RECORD_OFFSETS_BYTES};
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -45,7 +46,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             Err(e) => Err(e),
         };
         if let Err(e) = r {
-            self.st.borrow_mut().counters.cache_write_errors += 1;
+            self.st
+                .borrow_mut()
+                .counters
+                .note_error(ErrorKind::CacheWrite);
             return Err(IoError::cache(e));
         }
         let mut st = self.st.borrow_mut();

@@ -2,6 +2,7 @@
 //! tracked contiguously), cache-device FLUSH with group commit, and FLUSH/FUA semantics.
 
 use super::*;
+use crate::engine::stats::ErrorKind;
 use crate::format::segment::data_block_crc;
 use crate::format::{Entry, SegmentHeader};
 
@@ -86,7 +87,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             attempts += 1;
             {
                 let mut st = self.st.borrow_mut();
-                st.counters.cache_write_errors += 1;
+                st.counters.note_error(ErrorKind::CacheWrite);
                 if attempts == SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR {
                     st.durability_error_gen += 1;
                 }
@@ -148,7 +149,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         st.last_durable = st.last_durable.max(target);
                     }
                     Err(_) => {
-                        st.counters.cache_flush_errors += 1;
+                        st.counters.note_error(ErrorKind::CacheFlush);
                         st.durability_error_gen += 1;
                         // Waiters fail; a later FLUSH asks again.
                         st.flush_wanted = st.last_durable;
@@ -198,7 +199,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         self.st.borrow_mut().backing_needs_flush = false;
         if let Err(e) = self.backing.flush().await {
             let mut st = self.st.borrow_mut();
-            st.counters.backing_flush_errors += 1;
+            st.counters.note_error(ErrorKind::BackingFlush);
             st.backing_needs_flush = true;
             return Err(IoError::backing(e));
         }

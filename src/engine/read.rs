@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::engine::stats::stat_index;
+use crate::engine::stats::ErrorKind;
 
 /// One device read of the plan.
 struct Piece {
@@ -199,8 +200,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     (Base::Backing, Ok(())) => st.counters.bytes_backing_read += p.len_bytes as u64,
                     (base, Err(e)) => {
                         match base {
-                            Base::Cache => st.counters.cache_read_errors += 1,
-                            Base::Backing => st.counters.backing_read_errors += 1,
+                            Base::Cache => st.counters.note_error(ErrorKind::CacheRead),
+                            Base::Backing => st.counters.note_error(ErrorKind::BackingRead),
                         }
                         first_err.get_or_insert(IoError::Device { base, source: e });
                         continue;

@@ -51,7 +51,34 @@ pub struct Counters {
     pub write_waits_for_space: u64,
 }
 
+/// The error counters, by device and operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    CacheRead,
+    CacheWrite,
+    CacheFlush,
+    BackingRead,
+    BackingWrite,
+    BackingFlush,
+}
+
 impl Counters {
+    /// Counts an I/O error and logs it, rate-limited: the 1st, 2nd, 4th, 8th... of each kind.
+    pub fn note_error(&mut self, kind: ErrorKind) {
+        let (n, what) = match kind {
+            ErrorKind::CacheRead => (&mut self.cache_read_errors, "cache device read"),
+            ErrorKind::CacheWrite => (&mut self.cache_write_errors, "cache device write"),
+            ErrorKind::CacheFlush => (&mut self.cache_flush_errors, "cache device flush"),
+            ErrorKind::BackingRead => (&mut self.backing_read_errors, "backing device read"),
+            ErrorKind::BackingWrite => (&mut self.backing_write_errors, "backing device write"),
+            ErrorKind::BackingFlush => (&mut self.backing_flush_errors, "backing device flush"),
+        };
+        *n += 1;
+        if n.is_power_of_two() {
+            tracing::warn!(errors = *n, "writeboost: {what} error ({} so far)", *n);
+        }
+    }
+
     pub fn stat_map(&self) -> serde_json::Map<String, serde_json::Value> {
         (0..16)
             .map(|i| (stat_name(i), serde_json::Value::from(self.stat[i])))

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::engine::stats::stat_index;
+use crate::engine::stats::ErrorKind;
 
 /// Outcome of trying to place one block in the open buffer.
 enum Place {
@@ -170,7 +171,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         st.slot_readers[slot as usize] -= 1;
         st.counters.bytes_cache_read += BLOCK as u64;
         if let Err(e) = r {
-            st.counters.cache_read_errors += 1;
+            st.counters.note_error(ErrorKind::CacheRead);
             return Err(IoError::cache(e));
         }
         drop(st);
@@ -272,7 +273,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         {
             let mut st = self.st.borrow_mut();
             if let Err(e) = r {
-                st.counters.backing_write_errors += 1;
+                st.counters.note_error(ErrorKind::BackingWrite);
                 return Err(IoError::backing(e));
             }
             st.backing_needs_flush = true;
@@ -427,7 +428,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         if let Err(e) = r {
             // Discard is advisory on the backing device; count it, do not fail the I/O.
             if !matches!(e, crate::device::DeviceError::Unsupported { .. }) {
-                inner.st.borrow_mut().counters.backing_write_errors += 1;
+                inner
+                    .st
+                    .borrow_mut()
+                    .counters
+                    .note_error(ErrorKind::BackingWrite);
             }
         }
         Ok(())

@@ -3,6 +3,7 @@
 //! `last_writeback_id` advances. Throttled by foreground load on the backing device.
 
 use super::*;
+use crate::engine::stats::ErrorKind;
 use crate::format::SegmentHeader;
 
 /// Largest coalesced backing write.
@@ -153,7 +154,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             };
             if r.is_err() {
                 unpin(self);
-                self.st.borrow_mut().counters.cache_read_errors += 1;
+                self.st
+                    .borrow_mut()
+                    .counters
+                    .note_error(ErrorKind::CacheRead);
                 return Err(bad(crate::device::DeviceOp::Read));
             }
             let max = self.st.borrow().geo.data_blocks_per_segment();
@@ -161,7 +165,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 Ok(h) if h.id == reads[k].0 => headers.push(h),
                 _ => {
                     unpin(self);
-                    self.st.borrow_mut().counters.cache_read_errors += 1;
+                    self.st
+                        .borrow_mut()
+                        .counters
+                        .note_error(ErrorKind::CacheRead);
                     return Err(bad(crate::device::DeviceOp::Read));
                 }
             }
@@ -239,7 +246,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let mut bufs = Vec::with_capacity(data_reads.len());
         for (b, r) in data_reads {
             if let Err(e) = r {
-                self.st.borrow_mut().counters.cache_read_errors += 1;
+                self.st
+                    .borrow_mut()
+                    .counters
+                    .note_error(ErrorKind::CacheRead);
                 return Err(IoError::cache(e));
             }
             self.st.borrow_mut().counters.bytes_cache_read += b.len() as u64;
@@ -296,7 +306,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             .await;
             for ((_, data), r) in chunk.iter().zip(rs) {
                 if let Err(e) = r {
-                    self.st.borrow_mut().counters.backing_write_errors += 1;
+                    self.st
+                        .borrow_mut()
+                        .counters
+                        .note_error(ErrorKind::BackingWrite);
                     return Err(IoError::backing(e));
                 }
                 bytes += data.len() as u64;
@@ -304,7 +317,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         if !writes.is_empty() {
             if let Err(e) = self.backing.flush().await {
-                self.st.borrow_mut().counters.backing_flush_errors += 1;
+                self.st
+                    .borrow_mut()
+                    .counters
+                    .note_error(ErrorKind::BackingFlush);
                 return Err(IoError::backing(e));
             }
         }

@@ -17,6 +17,12 @@ fuzz_target!(|data: &[u8]| {
         let crc = h.encode_into(&mut out);
         let again = SegmentHeader::decode(&out, max_entries).expect("a re-encoded header decodes");
         assert_eq!(again.header_crc, crc);
-        assert_eq!(again, SegmentHeader { header_crc: crc, ..h });
+        assert_eq!(
+            again,
+            SegmentHeader {
+                header_crc: crc,
+                ..h
+            }
+        );
     }
 });

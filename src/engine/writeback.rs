@@ -24,6 +24,25 @@ struct Item {
     current: bool,
 }
 
+/// The bytes of one backing write.
+enum WriteSource {
+    Owned(AlignedBuf),
+    Slice {
+        buf: usize,
+        start: usize,
+        len: usize,
+    },
+}
+
+impl WriteSource {
+    fn bytes<'a>(&'a self, bufs: &'a [AlignedBuf]) -> &'a [u8] {
+        match self {
+            WriteSource::Owned(b) => b,
+            WriteSource::Slice { buf, start, len } => &bufs[*buf][*start..*start + *len],
+        }
+    }
+}
+
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// Whether a batch should start now.
     fn writeback_wanted(&self, st: &State, now_ns: u64) -> bool {
@@ -184,14 +203,16 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         {
             let st = self.st.borrow();
             let dpb = st.dpb();
-            let mut newest: HashMap<u64, Item> = HashMap::new();
+            // Superseded copies whose newer copy is outside the batch and not durable yet: only
+            // the newest of them per block is written (rare; a small map).
+            let mut superseded: HashMap<u64, Item> = HashMap::new();
             for (k, h) in headers.iter().enumerate() {
                 let slot = st.geo.slot_of_id(h.id);
                 for (j, e) in h.entries.iter().enumerate() {
                     if e.valid_bits == 0 {
                         continue;
                     }
-                    let item = Item {
+                    let mut it = Item {
                         block: e.backing_block,
                         cb: slot * dpb + j as u64,
                         dirty: e.dirty_bits,
@@ -199,27 +220,28 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         off: j * BLOCK,
                         current: false,
                     };
-                    newest.insert(e.backing_block, item);
-                }
-            }
-            for (_, mut it) in newest {
-                match st.index.lookup(it.block) {
-                    Some(cb) if cb == it.cb => {
-                        it.dirty = st.index.dirty(cb);
-                        it.current = true;
-                    }
-                    Some(cb) => {
-                        let newer_id = st.slot_id[st.slot_of_cb(cb) as usize];
-                        if newer_id <= st.last_durable && st.cb_in_ram(cb).is_none() {
-                            continue;
+                    match st.index.lookup(it.block) {
+                        Some(cb) if cb == it.cb => {
+                            it.dirty = st.index.dirty(cb);
+                            it.current = true;
+                            if it.dirty != 0 {
+                                items.push(it);
+                            }
                         }
+                        Some(cb) => {
+                            let newer_id = st.slot_id[st.slot_of_cb(cb) as usize];
+                            // A newer copy in this batch is written itself; a durable one is safe.
+                            let newer_safe = newer_id <= last_id
+                                || (newer_id <= st.last_durable && st.cb_in_ram(cb).is_none());
+                            if !newer_safe && it.dirty != 0 {
+                                superseded.insert(it.block, it);
+                            }
+                        }
+                        None => {}
                     }
-                    None => continue,
-                }
-                if it.dirty != 0 {
-                    items.push(it);
                 }
             }
+            items.extend(superseded.into_values());
         }
         // ... then the data blocks needed: one read per segment, from its first needed block to
         // its last.
@@ -264,7 +286,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         } else {
             items.sort_unstable_by_key(|it| it.block);
         }
-        let mut writes: Vec<(u64, AlignedBuf)> = Vec::new();
+        // Runs of several full blocks are gathered into one buffer; single blocks and sector runs
+        // are written straight from the segment read buffers.
+        let mut writes: Vec<(u64, WriteSource)> = Vec::new();
         let mut i = 0;
         while i < items.len() {
             let it = &items[i];
@@ -277,34 +301,46 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 {
                     j += 1;
                 }
-                let mut data = AlignedBuf::for_overwrite((j - i) * BLOCK);
-                for (k, it) in items[i..j].iter().enumerate() {
-                    data[k * BLOCK..(k + 1) * BLOCK]
-                        .copy_from_slice(&bufs[it.buf][it.off..it.off + BLOCK]);
-                }
-                writes.push((it.block * BLOCK as u64, data));
+                let source = if j == i + 1 {
+                    WriteSource::Slice {
+                        buf: it.buf,
+                        start: it.off,
+                        len: BLOCK,
+                    }
+                } else {
+                    let mut data = AlignedBuf::for_overwrite((j - i) * BLOCK);
+                    for (k, it) in items[i..j].iter().enumerate() {
+                        data[k * BLOCK..(k + 1) * BLOCK]
+                            .copy_from_slice(&bufs[it.buf][it.off..it.off + BLOCK]);
+                    }
+                    WriteSource::Owned(data)
+                };
+                writes.push((it.block * BLOCK as u64, source));
                 i = j;
             } else {
                 for (s, n) in runs(it.dirty) {
-                    let a = it.off + s as usize * SECTOR;
-                    let mut data = AlignedBuf::for_overwrite(n as usize * SECTOR);
-                    data.copy_from_slice(&bufs[it.buf][a..a + n as usize * SECTOR]);
-                    writes.push((it.block * BLOCK as u64 + (s as usize * SECTOR) as u64, data));
+                    let source = WriteSource::Slice {
+                        buf: it.buf,
+                        start: it.off + s as usize * SECTOR,
+                        len: n as usize * SECTOR,
+                    };
+                    writes.push((
+                        it.block * BLOCK as u64 + (s as usize * SECTOR) as u64,
+                        source,
+                    ));
                 }
                 i += 1;
             }
         }
-        drop(bufs);
-        let _ = &reads;
         let mut bytes = 0u64;
         for chunk in writes.chunks(WRITE_QUEUE_DEPTH) {
             let rs = futures::future::join_all(
                 chunk
                     .iter()
-                    .map(|(off, data)| self.backing.write(*off, data)),
+                    .map(|(off, src)| self.backing.write(*off, src.bytes(&bufs))),
             )
             .await;
-            for ((_, data), r) in chunk.iter().zip(rs) {
+            for ((_, src), r) in chunk.iter().zip(rs) {
                 if let Err(e) = r {
                     self.st
                         .borrow_mut()
@@ -312,7 +348,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         .note_error(ErrorKind::BackingWrite);
                     return Err(IoError::backing(e));
                 }
-                bytes += data.len() as u64;
+                bytes += src.bytes(&bufs).len() as u64;
             }
         }
         if !writes.is_empty() {

@@ -886,6 +886,35 @@ fn bad_input_gets_clear_errors_and_changes_nothing(env: &Env) {
         ],
     );
     wait_bdev(env, &sock, "wb2");
+    assert_eq!(
+        env.rpc_ok(&sock, &["bdev_writeboost_delete", "wb2", "--writeback"]),
+        Value::Bool(true)
+    );
+    // Hot-remove of the cache bdev: the volume goes away, the target stays up.
+    env.rpc_ok(
+        &sock,
+        &[
+            "bdev_writeboost_create",
+            "-b",
+            "wb2",
+            "-c",
+            "C0",
+            "-d",
+            "B1",
+        ],
+    );
+    wait_bdev(env, &sock, "wb2");
+    env.rpc_ok(&sock, &["bdev_aio_delete", "C0"]);
+    wait_for("wb2 to go away", Duration::from_secs(30), || {
+        (!bdev_exists(env, &sock, "wb2")).then_some(())
+    });
+    env.rpc_err(
+        &sock,
+        &["bdev_writeboost_get_stats", "-b", "wb2"],
+        &["waiting for its base bdevs"],
+    );
     let log = env.stop_target(t);
     assert!(log.contains("volume wb2: formatted a new cache"), "{log}");
+    assert!(log.contains("base bdev C0 is being removed"), "{log}");
+    assert!(!log.contains("internal error"), "{log}");
 }

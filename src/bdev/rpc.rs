@@ -398,6 +398,10 @@ fn delete(req: Req, p: Map<String, Value>) {
             }
             State::Running(vb) if !e.deleting => {
                 e.deleting = true;
+                if !writeback {
+                    // The unregister starts now: a hot-remove must not start another.
+                    e.state = State::Stopping(vb);
+                }
                 Ok(Act::Unregister(vb))
             }
             State::Assembling { .. } => Err(RpcError(
@@ -419,10 +423,11 @@ fn delete(req: Req, p: Map<String, Value>) {
         return unregister_for_delete(req, vb);
     }
     // Write back every dirty block first; on failure the volume stays as it was.
+    let stopped = || RpcError(-libc::ENODEV, "volume is stopped".into());
     on_volume(vb, move |ctx| {
-        let Some(ctx) = ctx else { return };
-        let Some(vol) = ctx.vol.borrow().clone() else {
-            return;
+        let vol = ctx.as_ref().and_then(|c| c.vol.borrow().clone());
+        let (Some(ctx), Some(vol)) = (ctx, vol) else {
+            return send_msg(app_thread(), move || reply_error(req, M, stopped()));
         };
         let g = ctx.mgmt.clone();
         g.inc();
@@ -432,26 +437,47 @@ fn delete(req: Req, p: Map<String, Value>) {
                 g.dec();
                 r.map_err(|e| e.to_string())
             },
-            move |r| {
-                send_msg(app_thread(), move || match r {
-                    Ok(()) => unregister_for_delete(req, vb),
-                    Err(msg) => {
-                        with_reg(|reg| {
-                            if let Some(e) = find(reg, &name) {
-                                e.deleting = false;
-                            }
-                        });
-                        reply_error(
-                            req,
-                            M,
-                            RpcError(-libc::EIO, format!("writeback before delete failed: {msg}")),
-                        )
-                    }
-                })
-            },
+            move |r| send_msg(app_thread(), move || delete_after_writeback(req, &name, r)),
         );
         ctx.rt.turn();
     });
+}
+
+/// App thread: the writeback of a `delete --writeback` finished.
+fn delete_after_writeback(req: Req, name: &str, r: Result<(), String>) {
+    const M: &str = "bdev_writeboost_delete";
+    enum Next {
+        Unregister(SendPtr<Vbdev>),
+        Reply(Result<Value, RpcError>),
+    }
+    let next = with_reg(|reg| {
+        let e = find(reg, name)?;
+        Some(match (e.state, &r) {
+            (State::Running(vb), Ok(())) => {
+                e.state = State::Stopping(vb);
+                Next::Unregister(vb)
+            }
+            (State::Running(_), Err(msg)) => {
+                e.deleting = false;
+                Next::Reply(Err(RpcError(
+                    -libc::EIO,
+                    format!("writeback before delete failed: {msg}; the volume stays"),
+                )))
+            }
+            // A base was hot-removed meanwhile: the volume is already going away, and the
+            // entry goes with it (deleting is set).
+            (_, Ok(())) => Next::Reply(Ok(Value::Bool(true))),
+            (_, Err(msg)) => Next::Reply(Err(RpcError(
+                -libc::ENODEV,
+                format!("a base bdev was removed during the writeback ({msg}); the volume is deleted, dirty data stays on the cache"),
+            ))),
+        })
+    });
+    match next {
+        Some(Next::Unregister(vb)) => unregister_for_delete(req, vb),
+        Some(Next::Reply(r)) => reply(req, M, r),
+        None => reply_value(req, &Value::Bool(true)),
+    }
 }
 handler!(rpc_delete, "bdev_writeboost_delete", delete);
 

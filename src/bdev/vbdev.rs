@@ -61,6 +61,7 @@ pub struct Config {
     pub force_format: bool,
 }
 
+#[derive(Clone, Copy)]
 pub enum State {
     /// A base bdev is missing; examine assembles the volume when it appears.
     Waiting,

@@ -329,6 +329,31 @@ fn thread_pollers(env: &Env, sock: &Path, thread: &str) -> Vec<String> {
         .collect()
 }
 
+/// spdk_top (interactive) in a pseudo-terminal: the Threads tab, then the Pollers tab (key 2)
+/// must show every name. Skipped when util-linux `script` is missing.
+fn spdk_top_shows(env: &Env, sock: &Path, names: &[&str]) {
+    if Command::new("script").arg("--version").output().is_err() {
+        println!("e2e: no `script` command, spdk_top check skipped");
+        return;
+    }
+    let screen = env.scratch.path("spdk_top.out");
+    let top = env.spdk.join("build/bin/spdk_top");
+    let cmd = format!(
+        "(sleep 3; printf 2; sleep 3; printf q) | TERM=xterm script -qc 'stty cols 200 rows 60; {} -r {}' {} >/dev/null 2>&1",
+        s(&top),
+        s(sock),
+        s(&screen)
+    );
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(cmd);
+    let mut p = spawn("spdk_top", c, &env.scratch.path("spdk_top.log"));
+    p.wait(Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&std::fs::read(&screen).unwrap_or_default()).to_string();
+    for n in names {
+        assert!(text.contains(n), "spdk_top does not show {n}");
+    }
+}
+
 /// A volume over aio files exported over NVMe-oF TCP: bdevperf verify through SPDK's initiator,
 /// stats, the pollers, a pattern written and FLUSHed, kill -9, restart from the saved config
 /// (deferred create + examine), hot-remove and re-add of the backing bdev, drop_caches, delete:
@@ -405,6 +430,18 @@ fn nvmf_tcp_io_stats_crash_restart_hot_remove_drain(env: &Env) {
         );
     }
 
+    spdk_top_shows(
+        env,
+        &sock,
+        &[
+            "writeboost_wb0",
+            "wb_exec",
+            "wb_flush",
+            "wb_writeback",
+            "wb_sb_record",
+            "wb_sync",
+        ],
+    );
     export_nvmf(env, &sock, "wb0", port);
     env.rpc_ok(&sock, &["bdev_writeboost_clear_stats", "wb0"]);
     let (ok, log) = env.run_app(

@@ -29,6 +29,8 @@ pub struct LocalRuntime {
 #[derive(Default)]
 struct LocalInner {
     tasks: RefCell<Vec<Option<LocalFuture>>>,
+    /// Slots of finished tasks, reused by new ones.
+    free_slots: RefCell<Vec<usize>>,
     spawned: RefCell<Vec<LocalFuture>>,
     ready: Arc<Mutex<VecDeque<usize>>>,
     timers: RefCell<Vec<(u64, Waker)>>,
@@ -98,8 +100,16 @@ impl LocalRuntime {
         let new: Vec<LocalFuture> = self.inner.spawned.borrow_mut().drain(..).collect();
         for f in new {
             let mut tasks = self.inner.tasks.borrow_mut();
-            let id = tasks.len();
-            tasks.push(Some(f));
+            let id = match self.inner.free_slots.borrow_mut().pop() {
+                Some(id) => {
+                    tasks[id] = Some(f);
+                    id
+                }
+                None => {
+                    tasks.push(Some(f));
+                    tasks.len() - 1
+                }
+            };
             self.inner.ready.lock().expect("ready queue").push_back(id);
         }
     }
@@ -137,6 +147,8 @@ impl LocalRuntime {
                 .is_pending()
             {
                 self.inner.tasks.borrow_mut()[id] = Some(fut);
+            } else {
+                self.inner.free_slots.borrow_mut().push(id);
             }
         }
     }

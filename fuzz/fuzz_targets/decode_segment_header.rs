@@ -12,9 +12,9 @@ fuzz_target!(|data: &[u8]| {
     let max_entries = u32::from(u16::from_le_bytes(*limit) % 2048);
     if let Ok(h) = SegmentHeader::decode(header, max_entries) {
         let mut out = vec![0u8; SEGMENT_HEADER_FIXED_BYTES + ENTRY_SIZE_BYTES * h.entries.len()];
-        // The decoder accepts non-zero reserved bytes (covered by the CRC); the encoder writes
-        // zeros there, so the CRC may differ from the input's, and nothing else.
+        // Reserved bytes must be zero to decode, so re-encoding gives the same CRC.
         let crc = h.encode_into(&mut out);
+        assert_eq!(crc, h.header_crc);
         let again = SegmentHeader::decode(&out, max_entries).expect("a re-encoded header decodes");
         assert_eq!(again.header_crc, crc);
         assert_eq!(

@@ -173,6 +173,7 @@ impl CliError {
                 CreateError::WrongBacking { .. } | CreateError::GeometryChanged { .. } => {
                     ExitStatus::WrongDevice
                 }
+                CreateError::LogDamaged { .. } => ExitStatus::Corrupt,
                 CreateError::Geometry(_)
                 | CreateError::DirtyInWriteAround { .. }
                 | CreateError::Option(_) => ExitStatus::Usage,
@@ -310,6 +311,10 @@ struct WritebackArgs {
     /// Segments read per writeback batch.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=256))]
     batch_segments: u64,
+    /// Rescue what is intact even when `check` reports log damage (durable segments that
+    /// cannot be replayed, or a hole): the damaged part is lost either way.
+    #[arg(long)]
+    accept_damaged_log: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,

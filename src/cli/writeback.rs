@@ -53,6 +53,7 @@ pub(super) fn run(a: WritebackArgs, out: Out<'_>) -> Result<ExitStatus, CliError
         force_format: false,
         new_format_uuid: [0; 16],
         nr_ram_buffers: 2,
+        accept_damaged_log: a.accept_damaged_log,
     };
     let show_progress = std::io::stderr().is_terminal();
     let rt = LocalRuntime::new();

@@ -41,6 +41,10 @@ pub enum CreateError {
         recorded: u64,
         found: u64,
     },
+    #[error("the cache's log is damaged: {damage}; nothing was written (inspect with `writeboost check`; `force_format` discards the cache)")]
+    LogDamaged {
+        damage: crate::engine::replay::LogDamage,
+    },
     #[error("invalid geometry: {0}")]
     Geometry(DecodeError),
     #[error("write_around_mode needs a cache without dirty data; this cache holds {nr_dirty_blocks} dirty blocks: create it in write-back mode and drop_caches first")]

@@ -14,13 +14,13 @@ pub mod stats;
 mod daemons;
 mod log;
 mod read;
-mod replay;
+pub mod replay;
 mod write;
 mod writeback;
 
 pub use config::{ConfigError, Options, Tunable, TUNABLES};
 pub use error::{Base, CreateError, IoError};
-pub use replay::{format_cache, read_superblock, scan_log, LogScan, ScannedSegment};
+pub use replay::{format_cache, read_superblock, scan_log, LogDamage, LogScan, ScannedSegment};
 pub use stats::Counters;
 
 use crate::device::{AlignedBuf, BlockDevice, DeviceInfo};
@@ -48,6 +48,8 @@ pub struct CreateOptions {
     /// UUID for a new format (the caller supplies randomness; the engine has none).
     pub new_format_uuid: [u8; 16],
     pub nr_ram_buffers: usize,
+    /// Resume even if the log is damaged (the offline rescue): what is intact is replayed.
+    pub accept_damaged_log: bool,
 }
 
 impl Default for CreateOptions {
@@ -58,6 +60,7 @@ impl Default for CreateOptions {
             force_format: false,
             new_format_uuid: [0x5a; 16],
             nr_ram_buffers: DEFAULT_NR_RAM_BUFFERS,
+            accept_damaged_log: false,
         }
     }
 }

@@ -22,6 +22,34 @@ pub struct ScannedSegment {
     pub header: SegmentHeader,
 }
 
+/// Log damage that a resume must not paper over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum LogDamage {
+    /// Segments up to `durable_floor_id` were proven durable, but no intact chain reaches them.
+    DurableNotReplayed { durable_floor_id: u64, head_id: u64 },
+    /// The log starts at `first_id` although only segments up to `recorded_writeback_id` were
+    /// recorded written back: the segments in between are missing or damaged.
+    Hole {
+        recorded_writeback_id: u64,
+        first_id: u64,
+    },
+}
+
+impl std::fmt::Display for LogDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogDamage::DurableNotReplayed { durable_floor_id, head_id } => write!(
+                f,
+                "segments up to id {durable_floor_id} are durable but the intact log ends at id {head_id}"
+            ),
+            LogDamage::Hole { recorded_writeback_id, first_id } => write!(
+                f,
+                "the intact log starts at id {first_id} but only ids up to {recorded_writeback_id} were written back"
+            ),
+        }
+    }
+}
+
 /// What a replay finds on a cache device.
 #[derive(Debug, Clone, Serialize)]
 pub struct LogScan {
@@ -36,6 +64,8 @@ pub struct LogScan {
     pub durable_floor_id: u64,
     /// Slots holding a valid header newer than the head (torn tails, never acknowledged).
     pub stale_slots: Vec<u64>,
+    /// Damage that makes the log unsafe to resume (create refuses it).
+    pub damage: Option<LogDamage>,
     pub bytes_read: u64,
 }
 
@@ -197,8 +227,19 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
         start = lo;
         break;
     }
+    let recorded_writeback_id = record
+        .as_ref()
+        .map(|r| r.last_writeback_id)
+        .filter(|&w| w <= floor)
+        .unwrap_or(0);
+    if head < floor && floor <= recorded_writeback_id {
+        // Everything proven durable was also written back, and nothing newer survived intact:
+        // the log is empty and continues after the floor.
+        head = floor;
+        start = floor + 1;
+    }
     let mut segments = Vec::new();
-    if head > 0 {
+    if start <= head {
         for id in start..=head {
             segments.push(ScannedSegment {
                 slot: geo.slot_of_id(id),
@@ -215,11 +256,22 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
     if head == 0 {
         last_writeback_id = 0;
     }
-    if let Some(r) = &record {
-        if r.last_writeback_id <= head {
-            last_writeback_id = last_writeback_id.max(r.last_writeback_id);
-        }
-    }
+    last_writeback_id = last_writeback_id.max(recorded_writeback_id);
+    // A slot is reused only after its segment is recorded written back, so an intact log starts
+    // right after the recorded id (or earlier), and reaches what headers proved durable.
+    let damage = if head < floor {
+        Some(LogDamage::DurableNotReplayed {
+            durable_floor_id: floor,
+            head_id: head,
+        })
+    } else if head > 0 && start > recorded_writeback_id + 1 {
+        Some(LogDamage::Hole {
+            recorded_writeback_id,
+            first_id: start,
+        })
+    } else {
+        None
+    };
     Ok(LogScan {
         record,
         segments,
@@ -227,6 +279,7 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
         last_writeback_id,
         durable_floor_id: floor.min(head),
         stale_slots,
+        damage,
         bytes_read,
     })
 }
@@ -298,6 +351,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         let scan = match &sb {
             Some(s) => {
                 let scan = scan_log(&cache, s).await.map_err(dev)?;
+                if let Some(damage) = scan.damage.clone() {
+                    if !opts.accept_damaged_log {
+                        return Err(CreateError::LogDamaged { damage });
+                    }
+                }
                 if opts.options.write_around_mode {
                     let (dirty, _) = scan.dirty_summary();
                     if dirty > 0 {

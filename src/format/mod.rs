@@ -75,6 +75,22 @@ pub(crate) fn put_u64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_le_bytes());
 }
 
+/// Reserved bytes must be zero.
+pub(crate) fn check_zero(
+    b: &[u8],
+    from: usize,
+    to: usize,
+    field: &'static str,
+) -> Result<(), DecodeError> {
+    match b[from..to].iter().position(|&x| x != 0) {
+        None => Ok(()),
+        Some(i) => Err(DecodeError::OutOfRange {
+            field,
+            value: (from + i) as u64,
+        }),
+    }
+}
+
 pub(crate) fn need(b: &[u8], len: usize) -> Result<(), DecodeError> {
     if b.len() < len {
         return Err(DecodeError::TooShort {

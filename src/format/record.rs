@@ -57,6 +57,13 @@ impl Record {
         if stored != computed {
             return Err(DecodeError::BadChecksum { stored, computed });
         }
+        check_zero(b, OFF_FLAGS + 4, OFF_CRC, "reserved")?;
+        if get_u32(b, OFF_FLAGS) & !RECORD_FLAG_CLEAN_SHUTDOWN != 0 {
+            return Err(DecodeError::OutOfRange {
+                field: "flags",
+                value: get_u32(b, OFF_FLAGS) as u64,
+            });
+        }
         let r = Record {
             format_uuid: b[OFF_UUID..OFF_UUID + 16].try_into().expect("16 bytes"),
             seq: get_u64(b, OFF_SEQ),

@@ -65,6 +65,9 @@ impl SegmentHeader {
             out[o + 14] = 0;
             out[o + 15] = 0;
         }
+        // Bytes after the last entry are not covered by the CRC: zero them (no stale entries
+        // from the buffer's previous segment for forensic tools to trip over).
+        out[len..].fill(0);
         let crc = Self::compute_crc(out, self.entries.len());
         put_u32(out, OFF_CRC, crc);
         crc
@@ -102,6 +105,13 @@ impl SegmentHeader {
         if stored != computed {
             return Err(DecodeError::BadChecksum { stored, computed });
         }
+        check_zero(b, OFF_FLAGS + 4, OFF_CRC, "reserved")?;
+        if get_u32(b, OFF_FLAGS) != 0 {
+            return Err(DecodeError::OutOfRange {
+                field: "flags",
+                value: get_u32(b, OFF_FLAGS) as u64,
+            });
+        }
         let id = get_u64(b, OFF_ID);
         if id == 0 {
             return Err(DecodeError::OutOfRange {
@@ -125,6 +135,7 @@ impl SegmentHeader {
                 valid_bits: b[o + 12],
                 dirty_bits: b[o + 13],
             };
+            check_zero(b, o + 14, o + 16, "entry reserved")?;
             if e.dirty_bits & !e.valid_bits != 0 {
                 return Err(DecodeError::OutOfRange {
                     field: "dirty_bits",
@@ -204,6 +215,25 @@ mod tests {
             assert!(
                 SegmentHeader::decode(&c, 127).is_err(),
                 "bit {bit} flip accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn segment_header_refuses_non_zero_reserved_bytes_even_with_a_good_crc() {
+        let mut b = vec![0u8; 4096];
+        sample().encode_into(&mut b);
+        for off in [52usize, 59, SEGMENT_HEADER_FIXED_BYTES + 14] {
+            let mut c = b.clone();
+            c[off] = 1;
+            let crc = SegmentHeader::compute_crc(&c, 2);
+            put_u32(&mut c, OFF_CRC, crc);
+            assert!(
+                matches!(
+                    SegmentHeader::decode(&c, 127),
+                    Err(DecodeError::OutOfRange { .. })
+                ),
+                "byte {off}"
             );
         }
     }

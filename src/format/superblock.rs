@@ -164,7 +164,15 @@ impl Superblock {
         }
         let version_major = get_u32(b, OFF_VMAJ);
         let version_minor = get_u32(b, OFF_VMIN);
-        if version_major > VERSION_MAJOR || version_major == 0 {
+        if version_major == 0 {
+            return Err(DecodeError::OutOfRange {
+                field: "version_major",
+                value: 0,
+            });
+        }
+        if version_major > VERSION_MAJOR
+            || (version_major == VERSION_MAJOR && version_minor > VERSION_MINOR)
+        {
             return Err(DecodeError::VersionTooNew {
                 major: version_major,
                 minor: version_minor,
@@ -177,6 +185,14 @@ impl Superblock {
             nr_segments: get_u64(b, OFF_NR_SEG),
             data_start_bytes: get_u64(b, OFF_DATA_START),
         };
+        // What this version does not define must be zero: refuse what is not understood.
+        check_zero(b, OFF_BACKING_UUID + 16, OFF_CRC, "reserved")?;
+        if get_u32(b, OFF_FLAGS) != 0 {
+            return Err(DecodeError::OutOfRange {
+                field: "flags",
+                value: get_u32(b, OFF_FLAGS) as u64,
+            });
+        }
         let cache_size_bytes = get_u64(b, OFF_CACHE_SIZE);
         // Ranges: the geometry must be exactly what this build derives for the recorded size.
         if geometry.block_size_bytes != BLOCK_SIZE_BYTES {

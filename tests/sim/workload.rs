@@ -285,6 +285,7 @@ fn create(
         force_format: false,
         new_format_uuid: uuid,
         nr_ram_buffers: swarm.nr_ram_buffers,
+        accept_damaged_log: false,
     };
     let (c, b, rt) = (cache.clone(), backing.clone(), SimRuntime(world.clone()));
     match world.block_on(async move { Volume::create(c, b, rt, opts).await }) {

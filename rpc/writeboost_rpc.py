@@ -19,7 +19,7 @@ import json
 
 # name, min, max, default, dynamic (settable with bdev_writeboost_set_options)
 TUNABLES = [
-    ("writeback_threshold", 0, 100, 70, True),
+    ("writeback_threshold", 0, 100, 0, True),
     ("nr_max_batched_writeback", 1, 256, 32, True),
     ("update_sb_record_interval", 0, 3600, 60, True),
     ("sync_data_interval", 0, 3600, 0, True),

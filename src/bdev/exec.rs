@@ -116,6 +116,8 @@ struct RtInner {
     timers: RefCell<BTreeMap<(u64, u64), Waker>>,
     timer_seq: Cell<u64>,
     ticks_hz: u64,
+    /// Nanoseconds per tick, times 2^32.
+    ns_per_tick_q32: u64,
 }
 
 /// The engine's [`Runtime`] on one SPDK thread. Must only be used on that thread.
@@ -134,6 +136,7 @@ impl SpdkRt {
                 timers: RefCell::new(BTreeMap::new()),
                 timer_seq: Cell::new(0),
                 ticks_hz,
+                ns_per_tick_q32: ((1_000_000_000u128 << 32) / ticks_hz as u128) as u64,
             }),
         }
     }
@@ -198,7 +201,8 @@ impl Runtime for SpdkRt {
     fn now_ns(&self) -> u64 {
         // SAFETY: plain read of the TSC.
         let ticks = unsafe { sys::spdk_get_ticks() };
-        (ticks as u128 * 1_000_000_000 / self.inner.ticks_hz as u128) as u64
+        // Fixed point (32 fractional bits): a multiply instead of a 128-bit division per call.
+        ((ticks as u128 * self.inner.ns_per_tick_q32 as u128) >> 32) as u64
     }
 
     fn sleep(&self, ns: u64) -> LocalFuture {

@@ -19,7 +19,7 @@ pub const TUNABLES: &[Tunable] = &[
         name: "writeback_threshold",
         min: 0,
         max: 100,
-        default: 70,
+        default: 0,
         dynamic: true,
         doc: "background writeback runs while foreground load on the backing device is below this % (0: only when the log needs space or on drop_caches)",
     },

@@ -9,7 +9,7 @@ use crate::format::SegmentHeader;
 /// Largest coalesced backing write.
 const MAX_RUN_BLOCKS: u64 = 256;
 /// Backing writes in flight per batch.
-const WRITE_QUEUE_DEPTH: usize = 64;
+const WRITE_QUEUE_DEPTH: usize = 256;
 const BACKOFF_MIN_NS: u64 = 1_000_000;
 const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 
@@ -113,6 +113,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     async fn writeback_batch_inner(self: &Rc<Self>) -> Result<u64, IoError> {
+        // Make every written segment durable first: a copy superseded by a durable newer copy
+        // need not be written back, and without FLUSHes from the host most would not be.
+        let written = self.st.borrow().last_written;
+        if written > self.st.borrow().last_durable {
+            self.make_durable(written, false).await?;
+        }
         // The batch: whole segment images (header and data) of the oldest durable segments.
         let lagging = {
             let st = self.st.borrow();
@@ -333,22 +339,33 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
         }
         let mut bytes = 0u64;
-        for chunk in writes.chunks(WRITE_QUEUE_DEPTH) {
-            let rs = futures::future::join_all(
-                chunk
-                    .iter()
-                    .map(|(off, src)| self.backing.write(*off, src.bytes(&bufs))),
-            )
-            .await;
-            for ((_, src), r) in chunk.iter().zip(rs) {
-                if let Err(e) = r {
-                    self.st
-                        .borrow_mut()
-                        .counters
-                        .note_error(ErrorKind::BackingWrite);
-                    return Err(IoError::backing(e));
+        // A sliding window: a new write starts as soon as one completes, so one slow write
+        // does not hold back the others.
+        {
+            use futures::StreamExt;
+            let bufs = &bufs;
+            let mut results = futures::stream::iter(writes.iter())
+                .map(|(off, src)| async move {
+                    let data = src.bytes(bufs);
+                    (self.backing.write(*off, data).await, data.len() as u64)
+                })
+                .buffer_unordered(WRITE_QUEUE_DEPTH);
+            // Drain every write even after an error: an I/O future is never dropped in flight.
+            let mut first_err = None;
+            while let Some((r, len)) = results.next().await {
+                match r {
+                    Ok(()) => bytes += len,
+                    Err(e) => {
+                        self.st
+                            .borrow_mut()
+                            .counters
+                            .note_error(ErrorKind::BackingWrite);
+                        first_err.get_or_insert(e);
+                    }
                 }
-                bytes += src.bytes(&bufs).len() as u64;
+            }
+            if let Some(e) = first_err {
+                return Err(IoError::backing(e));
             }
         }
         if !writes.is_empty() {

@@ -115,7 +115,6 @@ struct RtInner {
     exec: Exec,
     timers: RefCell<BTreeMap<(u64, u64), Waker>>,
     timer_seq: Cell<u64>,
-    ticks_hz: u64,
     /// Nanoseconds per tick, times 2^32.
     ns_per_tick_q32: u64,
 }
@@ -135,7 +134,6 @@ impl SpdkRt {
                 exec: Exec::default(),
                 timers: RefCell::new(BTreeMap::new()),
                 timer_seq: Cell::new(0),
-                ticks_hz,
                 ns_per_tick_q32: ((1_000_000_000u128 << 32) / ticks_hz as u128) as u64,
             }),
         }

@@ -249,42 +249,48 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
             items.extend(superseded.into_values());
         }
-        // ... then the data blocks needed: one read per segment, from its first needed block to
-        // its last.
-        let mut spans: Vec<Option<(usize, usize)>> = vec![None; headers.len()];
-        for it in &items {
-            let j = it.off / BLOCK;
-            let s = spans[it.buf].get_or_insert((j, j));
-            s.0 = s.0.min(j);
-            s.1 = s.1.max(j);
-        }
-        let data_reads = futures::future::join_all(spans.iter().enumerate().map(|(k, span)| {
-            let off = reads[k].1 + hb as u64;
-            async move {
-                let Some((a, b)) = *span else {
-                    return (AlignedBuf::zeroed(0), Ok(()));
-                };
-                let mut buf = AlignedBuf::for_overwrite((b - a + 1) * BLOCK);
-                let r = self.cache.read(off + (a * BLOCK) as u64, &mut buf).await;
-                (buf, r)
+        // ... then the data blocks needed: one read per run of adjacent needed blocks (reading
+        // whole segments would copy mostly superseded data).
+        items.sort_unstable_by_key(|it| (it.buf, it.off));
+        let mut runs_to_read: Vec<(u64, usize)> = Vec::new(); // (device offset, blocks)
+        let mut last: Option<(usize, usize)> = None; // (segment, block) of the previous item
+        for it in &mut items {
+            let (k, j) = (it.buf, it.off / BLOCK);
+            match last {
+                Some((lk, lj)) if lk == k && lj + 1 == j => {
+                    runs_to_read.last_mut().expect("run").1 += 1
+                }
+                _ => runs_to_read.push((reads[k].1 + (hb + j * BLOCK) as u64, 1)),
             }
-        }))
-        .await;
+            last = Some((k, j));
+            let run = runs_to_read.len() - 1;
+            it.off = (runs_to_read[run].1 - 1) * BLOCK;
+            it.buf = run;
+        }
+        let data_reads =
+            futures::future::join_all(runs_to_read.iter().map(|&(off, blocks)| async move {
+                let mut buf = AlignedBuf::for_overwrite(blocks * BLOCK);
+                let r = self.cache.read(off, &mut buf).await;
+                (buf, r)
+            }))
+            .await;
         unpin(self);
         let mut bufs = Vec::with_capacity(data_reads.len());
+        let mut first_err = None;
         for (b, r) in data_reads {
             if let Err(e) = r {
                 self.st
                     .borrow_mut()
                     .counters
                     .note_error(ErrorKind::CacheRead);
-                return Err(IoError::cache(e));
+                first_err.get_or_insert(e);
+                continue;
             }
             self.st.borrow_mut().counters.bytes_cache_read += b.len() as u64;
             bufs.push(b);
         }
-        for it in &mut items {
-            it.off -= spans[it.buf].expect("span of an item").0 * BLOCK;
+        if let Some(e) = first_err {
+            return Err(IoError::cache(e));
         }
         // Sort by backing LBA and coalesce.
         if self.st.borrow().writeback_unsorted {

@@ -847,7 +847,12 @@ fn bad_input_gets_clear_errors_and_changes_nothing(env: &Env) {
     .expect_err("unknown option");
     assert!(e.contains("unknown parameter 'bogus'"), "{e}");
     let before = stats(env, &sock, "wb1");
-    assert_eq!(before["options"]["writeback_threshold"], 70);
+    let default = TUNABLES
+        .iter()
+        .find(|t| t.name == "writeback_threshold")
+        .expect("tunable")
+        .default;
+    assert_eq!(before["options"]["writeback_threshold"], default);
     env.rpc_ok(
         &sock,
         &[

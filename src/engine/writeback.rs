@@ -177,26 +177,21 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     len_bytes: hb as u64,
                 })
             };
-            if r.is_err() {
+            // A read error, or a header that no longer decodes to this segment.
+            let max = self.st.borrow().geo.data_blocks_per_segment();
+            let header = r
+                .ok()
+                .and_then(|()| SegmentHeader::decode(&b, max).ok())
+                .filter(|h| h.id == reads[k].0);
+            let Some(h) = header else {
                 unpin(self);
                 self.st
                     .borrow_mut()
                     .counters
                     .note_error(ErrorKind::CacheRead);
                 return Err(bad(crate::device::DeviceOp::Read));
-            }
-            let max = self.st.borrow().geo.data_blocks_per_segment();
-            match SegmentHeader::decode(&b, max) {
-                Ok(h) if h.id == reads[k].0 => headers.push(h),
-                _ => {
-                    unpin(self);
-                    self.st
-                        .borrow_mut()
-                        .counters
-                        .note_error(ErrorKind::CacheRead);
-                    return Err(bad(crate::device::DeviceOp::Read));
-                }
-            }
+            };
+            headers.push(h);
             self.st.borrow_mut().counters.bytes_cache_read += hb as u64;
         }
         // What to write: per backing block, the newest copy in the batch. A copy that is still

@@ -75,6 +75,30 @@ pub(crate) fn put_u64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_le_bytes());
 }
 
+/// The common start of a fixed 128-byte structure (superblock, record): magic at byte 0 (an
+/// all-zero structure is `Zero`), then the CRC at `off_crc` over the bytes before it.
+pub(crate) fn check_magic_and_crc(
+    b: &[u8],
+    len: usize,
+    magic: u64,
+    off_crc: usize,
+) -> Result<(), DecodeError> {
+    need(b, len)?;
+    let found = get_u64(b, 0);
+    if found != magic {
+        if b[..len].iter().all(|&x| x == 0) {
+            return Err(DecodeError::Zero);
+        }
+        return Err(DecodeError::BadMagic { found });
+    }
+    let stored = get_u32(b, off_crc);
+    let computed = crc32c(&b[..off_crc]);
+    if stored != computed {
+        return Err(DecodeError::BadChecksum { stored, computed });
+    }
+    Ok(())
+}
+
 /// Reserved bytes must be zero.
 pub(crate) fn check_zero(
     b: &[u8],

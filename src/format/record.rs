@@ -44,19 +44,7 @@ impl Record {
     }
 
     pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
-        need(b, RECORD_BYTES)?;
-        let magic = get_u64(b, OFF_MAGIC);
-        if magic != RECORD_MAGIC {
-            if b[..RECORD_BYTES].iter().all(|&x| x == 0) {
-                return Err(DecodeError::Zero);
-            }
-            return Err(DecodeError::BadMagic { found: magic });
-        }
-        let stored = get_u32(b, OFF_CRC);
-        let computed = crc32c(&b[..OFF_CRC]);
-        if stored != computed {
-            return Err(DecodeError::BadChecksum { stored, computed });
-        }
+        check_magic_and_crc(b, RECORD_BYTES, RECORD_MAGIC, OFF_CRC)?;
         check_zero(b, OFF_FLAGS + 4, OFF_CRC, "reserved")?;
         if get_u32(b, OFF_FLAGS) & !RECORD_FLAG_CLEAN_SHUTDOWN != 0 {
             return Err(DecodeError::OutOfRange {

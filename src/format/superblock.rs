@@ -149,19 +149,7 @@ impl Superblock {
     }
 
     pub fn decode(b: &[u8]) -> Result<Superblock, DecodeError> {
-        need(b, SUPERBLOCK_BYTES)?;
-        let magic = get_u64(b, OFF_MAGIC);
-        if magic != SUPERBLOCK_MAGIC {
-            if Self::is_zero(&b[..SUPERBLOCK_BYTES]) {
-                return Err(DecodeError::Zero);
-            }
-            return Err(DecodeError::BadMagic { found: magic });
-        }
-        let stored = get_u32(b, OFF_CRC);
-        let computed = crc32c(&b[..OFF_CRC]);
-        if stored != computed {
-            return Err(DecodeError::BadChecksum { stored, computed });
-        }
+        check_magic_and_crc(b, SUPERBLOCK_BYTES, SUPERBLOCK_MAGIC, OFF_CRC)?;
         let version_major = get_u32(b, OFF_VMAJ);
         let version_minor = get_u32(b, OFF_VMIN);
         if version_major == 0 {

@@ -75,7 +75,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     ) -> Place {
         let fullsize = mask == 0xff;
         let old = st.index.lookup(block);
-        st.staging.remove(&block);
+        if !st.staging.is_empty() {
+            st.staging.remove(&block);
+        }
         // Hit on the open buffer: overwrite in place.
         if let (Some(cb), Some(o)) = (old, st.open) {
             if st.slot_of_cb(cb) == o.slot {

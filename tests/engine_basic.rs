@@ -455,3 +455,43 @@ fn set_option_errors_name_the_key_and_range() {
     vol.set_option("writeback_threshold", 40).unwrap();
     assert_eq!(vol.options().writeback_threshold, 40);
 }
+
+#[test]
+fn large_segments_with_several_header_blocks_replay() {
+    // 4 MiB segments: 4 header blocks, 1020 data blocks each.
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(64, 256);
+    let o = CreateOptions {
+        segment_size_kib: Some(4096),
+        ..CreateOptions::default()
+    };
+    let (vol, _) = create(&rt, &c, &b, o.clone());
+    assert_eq!(vol.superblock().geometry.header_blocks, 4);
+    let v = vol.clone();
+    run(&rt, async move {
+        for i in 0..3000u64 {
+            v.write(i * 8, &[(i % 200) as u8 + 1; 4096], false)
+                .await
+                .unwrap();
+            yield_now().await;
+        }
+        v.flush().await.unwrap();
+    });
+    drop(vol); // crash
+    let (vol, _) = create(&rt, &c, &b, o);
+    vol.check_invariants();
+    let v = vol.clone();
+    let ok = run(&rt, async move {
+        let mut out = vec![0u8; 4096];
+        for i in 0..3000u64 {
+            v.read(i * 8, &mut out).await.unwrap();
+            if out.iter().any(|&x| x != (i % 200) as u8 + 1) {
+                return Some(i);
+            }
+        }
+        v.drop_caches().await.unwrap();
+        None
+    });
+    assert_eq!(ok, None, "block read back wrong after replay");
+    assert_eq!(vol.status().nr_dirty_cache_blocks, 0);
+}

@@ -337,7 +337,13 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let header = format!(
         "Engine benchmarks (`cargo bench --bench engine`), commit {}, machine: {}\n\n",
-        option_env!("WB_GIT_COMMIT").unwrap_or("unknown"),
+        std::process::Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|| "unknown".into()),
         std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(

@@ -173,66 +173,32 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             st.counters.bytes_read += out.len() as u64;
         }
         let has_backing = pieces.iter().any(|p| p.base == Base::Backing);
-        // One piece covering the whole request (the common case): read straight into it.
-        if pieces.len() == 1 && pieces[0].out_offset_bytes == 0 && pieces[0].len_bytes == out.len()
-        {
+        if has_backing {
+            self.backing_fg_begin();
+        }
+        // One piece covering the whole request (the common case) is read straight into it;
+        // otherwise every piece goes to its own buffer, all at once, and is copied in after.
+        let direct = pieces.len() == 1
+            && pieces[0].out_offset_bytes == 0
+            && pieces[0].len_bytes == out.len();
+        let results: Vec<(Option<AlignedBuf>, Result<(), crate::device::DeviceError>)> = if direct {
             let p = &pieces[0];
-            if has_backing {
-                self.backing_fg_begin();
-            }
             let r = match p.base {
                 Base::Cache => self.cache.read(p.device_offset_bytes, out).await,
                 Base::Backing => self.backing.read(p.device_offset_bytes, out).await,
             };
-            let mut st = self.st.borrow_mut();
-            if let Some(slot) = p.slot {
-                st.slot_readers[slot as usize] -= 1;
-            }
-            let ok = r.is_ok();
-            match (p.base, r) {
-                (Base::Cache, Ok(())) => st.counters.bytes_cache_read += p.len_bytes as u64,
-                (Base::Backing, Ok(())) => st.counters.bytes_backing_read += p.len_bytes as u64,
-                (base, Err(e)) => {
-                    st.counters.note_error(match base {
-                        Base::Cache => ErrorKind::CacheRead,
-                        Base::Backing => ErrorKind::BackingRead,
-                    });
-                    for b in &stage {
-                        if st.staging.get(b) == Some(&token) {
-                            st.staging.remove(b);
-                        }
-                    }
-                    drop(st);
-                    if has_backing {
-                        self.backing_fg_end();
-                    }
-                    self.notify();
-                    return Err(IoError::Device { base, source: e });
-                }
-            }
-            drop(st);
-            if has_backing {
-                self.backing_fg_end();
-            }
-            self.notify();
-            self.bump_progress();
-            if ok && !stage.is_empty() {
-                self.stage_blocks(token, &stage, out, offset_sectors);
-            }
-            return Ok(());
-        }
-        if has_backing {
-            self.backing_fg_begin();
-        }
-        let reads = pieces.iter().map(|p| async move {
-            let mut buf = AlignedBuf::for_overwrite(p.len_bytes);
-            let r = match p.base {
-                Base::Cache => self.cache.read(p.device_offset_bytes, &mut buf).await,
-                Base::Backing => self.backing.read(p.device_offset_bytes, &mut buf).await,
-            };
-            (buf, r)
-        });
-        let results = futures::future::join_all(reads).await;
+            vec![(None, r)]
+        } else {
+            let reads = pieces.iter().map(|p| async move {
+                let mut buf = AlignedBuf::for_overwrite(p.len_bytes);
+                let r = match p.base {
+                    Base::Cache => self.cache.read(p.device_offset_bytes, &mut buf).await,
+                    Base::Backing => self.backing.read(p.device_offset_bytes, &mut buf).await,
+                };
+                (Some(buf), r)
+            });
+            futures::future::join_all(reads).await
+        };
         if has_backing {
             self.backing_fg_end();
         }
@@ -247,15 +213,17 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     (Base::Cache, Ok(())) => st.counters.bytes_cache_read += p.len_bytes as u64,
                     (Base::Backing, Ok(())) => st.counters.bytes_backing_read += p.len_bytes as u64,
                     (base, Err(e)) => {
-                        match base {
-                            Base::Cache => st.counters.note_error(ErrorKind::CacheRead),
-                            Base::Backing => st.counters.note_error(ErrorKind::BackingRead),
-                        }
+                        st.counters.note_error(match base {
+                            Base::Cache => ErrorKind::CacheRead,
+                            Base::Backing => ErrorKind::BackingRead,
+                        });
                         first_err.get_or_insert(IoError::Device { base, source: e });
                         continue;
                     }
                 }
-                out[p.out_offset_bytes..p.out_offset_bytes + p.len_bytes].copy_from_slice(&buf);
+                if let Some(buf) = buf {
+                    out[p.out_offset_bytes..p.out_offset_bytes + p.len_bytes].copy_from_slice(&buf);
+                }
             }
         }
         self.notify();

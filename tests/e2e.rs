@@ -912,7 +912,16 @@ fn bad_input_gets_clear_errors_and_changes_nothing(env: &Env) {
     wait_bdev(env, &sock, "wb1");
     env.rpc_ok(&sock, &["bdev_writeboost_delete", "wb1"]);
     assert_eq!(
-        env.rpc_ok(&sock, &["bdev_writeboost_format", "-c", "C0"]),
+        env.rpc_ok(
+            &sock,
+            &[
+                "bdev_writeboost_format",
+                "-c",
+                "C0",
+                "--segment-size-kib",
+                "256"
+            ]
+        ),
         Value::Bool(true)
     );
     env.rpc_ok(
@@ -928,6 +937,8 @@ fn bad_input_gets_clear_errors_and_changes_nothing(env: &Env) {
         ],
     );
     wait_bdev(env, &sock, "wb2");
+    // The format's segment size holds: the create bound it to B1.
+    assert_eq!(stats(env, &sock, "wb2")["segment_size_kib"], 256);
     assert_eq!(
         env.rpc_ok(&sock, &["bdev_writeboost_delete", "wb2", "--writeback"]),
         Value::Bool(true)

@@ -495,3 +495,48 @@ fn large_segments_with_several_header_blocks_replay() {
     assert_eq!(ok, None, "block read back wrong after replay");
     assert_eq!(vol.status().nr_dirty_cache_blocks, 0);
 }
+
+#[test]
+fn unbound_format_binds_to_the_first_backing_device_with_its_geometry() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    {
+        let cc = Shared(c.clone());
+        run(&rt, async move {
+            writeboost::engine::format_cache(&cc, None, 64, [9; 16])
+                .await
+                .unwrap();
+        });
+    }
+    let (vol, startup) = create(&rt, &c, &b, CreateOptions::default());
+    assert_eq!(startup, Startup::Formatted);
+    let sb = vol.superblock();
+    assert_eq!(
+        sb.geometry.segment_size_bytes,
+        64 * 1024,
+        "geometry of the format kept"
+    );
+    assert_eq!(sb.format_uuid, [9; 16]);
+    assert_eq!(
+        sb.backing_size_bytes,
+        64 << 20,
+        "bound to the backing device"
+    );
+    assert_eq!(sb.flags, 0);
+    drop(vol);
+    // Now bound: another backing device is refused.
+    let other = Rc::new(MemDevice::new("other", 128 << 20));
+    let (cc, oo, r) = (Shared(c.clone()), Shared(other), rt.clone());
+    let e = run(&rt, async move {
+        Volume::create(cc, oo, r, CreateOptions::default())
+            .await
+            .err()
+    });
+    assert!(
+        matches!(
+            e,
+            Some(writeboost::engine::CreateError::WrongBacking { .. })
+        ),
+        "{e:?}"
+    );
+}

@@ -9,10 +9,10 @@ use super::json;
 use super::vbdev::{
     assemble, find, module, on_volume, stats_json, with_reg, Config, Entry, State, Vbdev, VolCtx,
 };
-use crate::device::{AlignedBuf, BlockDevice};
+use crate::device::BlockDevice;
 use crate::engine::config::TUNABLES;
-use crate::engine::{read_superblock, scan_log, Options};
-use crate::format::{Geometry, DATA_START_BYTES, SEGMENT_SIZE_KIB_MAX, SEGMENT_SIZE_KIB_MIN};
+use crate::engine::{format_cache, read_superblock, scan_log, Options};
+use crate::format::{Geometry, SEGMENT_SIZE_KIB_MAX, SEGMENT_SIZE_KIB_MIN};
 use serde_json::{Map, Value};
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -755,17 +755,16 @@ fn format(req: Req, p: Map<String, Value>) {
                 }
                 Ok(_) => {}
             }
-            // An all-zero metadata area means "format" to the next create, which records the
-            // backing device's identity and the geometry.
-            let zero = AlignedBuf::zeroed(DATA_START_BYTES as usize);
-            dev.write(0, &zero)
+            // An unbound format: the geometry and a new format UUID now, the backing device's
+            // identity at the next create.
+            let seg = seg_kib.unwrap_or(crate::format::SEGMENT_SIZE_KIB_DEFAULT);
+            let uuid = super::vbdev::new_format_uuid();
+            format_cache(&dev, None, seg, uuid)
                 .await
-                .map_err(|e| RpcError(-libc::EIO, format!("writing '{name}': {e}")))?;
-            dev.flush()
-                .await
-                .map_err(|e| RpcError(-libc::EIO, format!("flushing '{name}': {e}")))?;
+                .map_err(|e| RpcError(-libc::EIO, format!("formatting '{name}': {e}")))?;
             wb_notice!(
-                "bdev {name} formatted: its next bdev_writeboost_create starts an empty cache"
+                "bdev {name} formatted ({seg} KiB segments, format {}): its next bdev_writeboost_create starts an empty cache",
+                crate::format::uuid_to_string(&uuid)
             );
             Ok(Value::Bool(true))
         };

@@ -253,7 +253,7 @@ pub fn stats_json(shared: &Shared, st: &Status) -> Value {
     Value::Object(m)
 }
 
-fn new_format_uuid() -> [u8; 16] {
+pub(crate) fn new_format_uuid() -> [u8; 16] {
     let mut u = sys::spdk_uuid::default();
     // SAFETY: u is a valid out-parameter.
     unsafe { sys::spdk_uuid_generate(&mut u) };

@@ -51,11 +51,11 @@ pub(super) fn run(a: FormatArgs, out: Out<'_>) -> Result<ExitStatus, CliError> {
         path: "/dev/urandom".into(),
         source,
     })?;
-    let sb = futures::executor::block_on(format_cache(&cache.dev, &backing, seg_kib, uuid))
+    let sb = futures::executor::block_on(format_cache(&cache.dev, Some(&backing), seg_kib, uuid))
         .map_err(|source| CliError::Create {
-            path: cache.path.clone(),
-            source,
-        })?;
+        path: cache.path.clone(),
+        source,
+    })?;
     let view = SuperblockView::new(&sb);
     if a.json {
         emit_json(out, &view)?;

@@ -10,7 +10,8 @@ use super::*;
 use crate::device::DeviceError;
 use crate::format::segment::data_block_crc;
 use crate::format::{
-    DecodeError, Record, SegmentHeader, RECORD_OFFSETS_BYTES, VERSION_MAJOR, VERSION_MINOR,
+    DecodeError, Record, SegmentHeader, RECORD_OFFSETS_BYTES, SUPERBLOCK_FLAG_UNBOUND,
+    VERSION_MAJOR, VERSION_MINOR,
 };
 
 const SCAN_QUEUE_DEPTH: usize = 32;
@@ -106,11 +107,12 @@ pub async fn read_superblock<D: BlockDevice>(
     Ok(Superblock::decode(&b))
 }
 
-/// Formats `cache` for `backing`: zeroes the record copies, then writes the superblock, then
-/// flushes. Old segments carry the old format UUID and are never replayed.
+/// Formats `cache` for `backing` (with `None`: unbound, the first create records the backing
+/// device): zeroes the record copies, then writes the superblock, then flushes. Old segments
+/// carry the old format UUID and are never replayed.
 pub async fn format_cache<D: BlockDevice>(
     cache: &D,
-    backing: &DeviceInfo,
+    backing: Option<&DeviceInfo>,
     segment_size_kib: u32,
     format_uuid: [u8; 16],
 ) -> Result<Superblock, CreateError> {
@@ -123,9 +125,13 @@ pub async fn format_cache<D: BlockDevice>(
         format_uuid,
         geometry,
         cache_size_bytes: cache_info.size_bytes,
-        backing_size_bytes: backing.size_bytes,
-        backing_uuid: backing.uuid.unwrap_or([0; 16]),
-        flags: 0,
+        backing_size_bytes: backing.map(|b| b.size_bytes).unwrap_or(0),
+        backing_uuid: backing.and_then(|b| b.uuid).unwrap_or([0; 16]),
+        flags: if backing.is_some() {
+            0
+        } else {
+            SUPERBLOCK_FLAG_UNBOUND
+        },
     };
     let dev = |source| CreateError::Device {
         base: Base::Cache,
@@ -336,7 +342,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                 }
             }
             let recorded_uuid = (s.backing_uuid != [0; 16]).then_some(s.backing_uuid);
-            if s.backing_size_bytes != backing_info.size_bytes
+            let unbound = s.flags & SUPERBLOCK_FLAG_UNBOUND != 0;
+            if !unbound && s.backing_size_bytes != backing_info.size_bytes
                 || (recorded_uuid.is_some() && recorded_uuid != backing_info.uuid)
             {
                 return Err(CreateError::WrongBacking {
@@ -348,6 +355,19 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             }
         }
         let seg_kib = seg_kib.unwrap_or(crate::format::SEGMENT_SIZE_KIB_DEFAULT);
+        // An unbound format (bdev_writeboost_format) has an empty log: bind it to this backing
+        // device, keeping its geometry and format UUID.
+        if let Some(s) = sb
+            .as_ref()
+            .filter(|s| s.flags & SUPERBLOCK_FLAG_UNBOUND != 0)
+        {
+            let seg = s.geometry.segment_size_bytes / 1024;
+            let bound = format_cache(&cache, Some(&backing_info), seg, s.format_uuid).await?;
+            return Ok((
+                Volume::assemble(cache, backing, cache_info, backing_info, rt, bound, opts),
+                Startup::Formatted,
+            ));
+        }
         let scan = match &sb {
             Some(s) => {
                 let scan = scan_log(&cache, s).await.map_err(dev)?;
@@ -376,7 +396,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             Some(sb) => sb,
             None => {
                 startup = Startup::Formatted;
-                format_cache(&cache, &backing_info, seg_kib, opts.new_format_uuid).await?
+                format_cache(&cache, Some(&backing_info), seg_kib, opts.new_format_uuid).await?
             }
         };
         let vol = Volume::assemble(cache, backing, cache_info, backing_info, rt, sb, opts);

@@ -9,7 +9,7 @@ pub mod superblock;
 
 pub use record::{Record, RECORD_FLAG_CLEAN_SHUTDOWN};
 pub use segment::{Entry, SegmentHeader, ENTRY_SIZE_BYTES, SEGMENT_HEADER_FIXED_BYTES};
-pub use superblock::{Geometry, Superblock};
+pub use superblock::{Geometry, Superblock, SUPERBLOCK_FLAG_UNBOUND};
 
 /// Size of a cache block (the unit of the index) and of every metadata block.
 pub const BLOCK_SIZE_BYTES: u32 = 4096;

@@ -3,6 +3,9 @@
 use super::*;
 
 pub const SUPERBLOCK_MAGIC: u64 = u64::from_le_bytes(*b"WBOOSTSB");
+/// Formatted without a backing device (`bdev_writeboost_format`): the first create records the
+/// backing device's identity and clears this flag. The log of an unbound cache is empty.
+pub const SUPERBLOCK_FLAG_UNBOUND: u32 = 1;
 /// Encoded length; the rest of block 0 is zero.
 pub const SUPERBLOCK_BYTES: usize = 128;
 
@@ -175,7 +178,7 @@ impl Superblock {
         };
         // What this version does not define must be zero: refuse what is not understood.
         check_zero(b, OFF_BACKING_UUID + 16, OFF_CRC, "reserved")?;
-        if get_u32(b, OFF_FLAGS) != 0 {
+        if get_u32(b, OFF_FLAGS) & !SUPERBLOCK_FLAG_UNBOUND != 0 {
             return Err(DecodeError::OutOfRange {
                 field: "flags",
                 value: get_u32(b, OFF_FLAGS) as u64,

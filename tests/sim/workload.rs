@@ -122,6 +122,13 @@ fn trace(ctx: &Ctx, what: &str, s: u64, len: u64) {
     }
 }
 
+/// A random range of 1..=max_len sectors inside a volume of `n` sectors.
+fn random_range(ctx: &Ctx, n: u64, max_len: u64) -> (u64, u64) {
+    let mut r = ctx.world.rng();
+    let len = r.range(1, max_len).min(n);
+    (r.below(n - len + 1), len)
+}
+
 fn fill(buf: &mut [u8], start_sector: u64, id: u64) {
     for (i, chunk) in buf.chunks_mut(512).enumerate() {
         sector_bytes(id, start_sector + i as u64, chunk);
@@ -162,11 +169,7 @@ async fn client(ctx: Rc<Ctx>, vol: Vol, swarm: Swarm) {
             trace(&ctx, &format!("write id={id} end {r:?}"), s, len);
             ctx.model.borrow_mut().end_write(s, len, r.is_ok(), fua);
         } else if pick < 75 {
-            let (s, len) = {
-                let mut r = ctx.world.rng();
-                let len = r.range(1, 128).min(n);
-                (r.below(n - len + 1), len)
-            };
+            let (s, len) = random_range(&ctx, n, 128);
             let mut buf = vec![0u8; len as usize * 512];
             let started = ctx.model.borrow_mut().begin_read();
             let r = vol.read(s, &mut buf).await;
@@ -189,11 +192,7 @@ async fn client(ctx: Rc<Ctx>, vol: Vol, swarm: Swarm) {
                 ctx.model.borrow_mut().end_flush(started);
             }
         } else if pick < 83 + swarm.discard_pct {
-            let (s, len) = {
-                let mut r = ctx.world.rng();
-                let len = r.range(1, 64).min(n);
-                (r.below(n - len + 1), len)
-            };
+            let (s, len) = random_range(&ctx, n, 64);
             if !ctx.model.borrow().can_write(s, len) {
                 continue;
             }
@@ -211,11 +210,7 @@ async fn client(ctx: Rc<Ctx>, vol: Vol, swarm: Swarm) {
                 let _ = vol.discard(s, len).await;
             }
         } else if pick < 92 {
-            let (s, len) = {
-                let mut r = ctx.world.rng();
-                let len = r.range(1, 64).min(n);
-                (r.below(n - len + 1), len)
-            };
+            let (s, len) = random_range(&ctx, n, 64);
             if !ctx.model.borrow().can_write(s, len) {
                 continue;
             }

@@ -309,15 +309,12 @@ impl State {
         self.geo
             .data_block_offset_bytes(self.slot_of_cb(cb), (cb % self.dpb()) as u32)
     }
-    fn size_sectors(backing: &DeviceInfo) -> u64 {
-        backing.size_bytes / SECTOR_SIZE_BYTES as u64
-    }
 }
 
 impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     /// Size of the volume in 512-byte sectors (the backing device's size).
     pub fn size_sectors(&self) -> u64 {
-        State::size_sectors(&self.inner.backing_info)
+        self.inner.backing_info.size_bytes / SECTOR_SIZE_BYTES as u64
     }
 
     pub fn cache_info(&self) -> &DeviceInfo {

@@ -138,18 +138,18 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 .last_durable
                 .min(st.last_writeback + st.opts.nr_max_batched_writeback);
             let mut slots = Vec::new();
-            let mut reads: Vec<(u64, u64, usize)> = Vec::new();
+            // (segment id, slot offset) of each segment with blocks.
+            let mut reads: Vec<(u64, u64)> = Vec::new();
             for id in first_id..=last_id {
                 let slot = st.geo.slot_of_id(id);
                 debug_assert_eq!(st.slot_id[slot as usize], id);
-                let len = st.slot_len[slot as usize] as usize;
-                if len == 0 {
+                if st.slot_len[slot as usize] == 0 {
                     continue;
                 }
                 st.slot_readers[slot as usize] += 1;
                 slots.push(slot);
                 let off = st.geo.slot_offset_bytes(slot);
-                reads.push((id, off, st.geo.header_bytes() + len * BLOCK));
+                reads.push((id, off));
             }
             st.nr_cur_batched_writeback = last_id - first_id + 1;
             (last_id, slots, reads)
@@ -162,7 +162,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         };
         // First the headers (a block or a few per segment) ...
         let hb = self.st.borrow().geo.header_bytes();
-        let results = futures::future::join_all(reads.iter().map(|&(_, off, _)| async move {
+        let results = futures::future::join_all(reads.iter().map(|&(_, off)| async move {
             let mut b = AlignedBuf::for_overwrite(hb);
             let r = self.cache.read(off, &mut b).await;
             (b, r)

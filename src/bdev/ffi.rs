@@ -78,24 +78,22 @@ pub fn guard<T>(what: &str, f: impl FnOnce() -> T) -> T {
     }
 }
 
-type Msg = Box<dyn FnOnce() + Send>;
-
-unsafe extern "C" fn msg_trampoline(ctx: *mut c_void) {
-    // SAFETY: ctx is the Box<Msg> leaked by `send_msg`, delivered exactly once.
-    let f: Box<Msg> = unsafe { Box::from_raw(ctx as *mut Msg) };
-    guard("thread message", f);
+unsafe extern "C" fn msg_trampoline<F: FnOnce() + Send + 'static>(ctx: *mut c_void) {
+    // SAFETY: ctx is the Box<F> leaked by `send_msg::<F>`, delivered exactly once.
+    let f: Box<F> = unsafe { Box::from_raw(ctx as *mut F) };
+    guard("thread message", *f);
 }
 
-/// Runs `f` on `thread` (asynchronously, even when it is the current thread).
-pub fn send_msg(thread: *mut spdk_thread, f: impl FnOnce() + Send + 'static) {
-    let b: Box<Msg> = Box::new(Box::new(f));
-    let ctx = Box::into_raw(b) as *mut c_void;
+/// Runs `f` on `thread` (asynchronously, even when it is the current thread). One allocation
+/// (none for a closure capturing nothing): the trampoline is monomorphised for `F`.
+pub fn send_msg<F: FnOnce() + Send + 'static>(thread: *mut spdk_thread, f: F) {
+    let ctx = Box::into_raw(Box::new(f)) as *mut c_void;
     // SAFETY: `thread` is a live SPDK thread (callers only message threads they keep alive until
     // their work is done); the trampoline takes ownership of ctx.
-    let rc = unsafe { sys::spdk_thread_send_msg(thread, Some(msg_trampoline), ctx) };
+    let rc = unsafe { sys::spdk_thread_send_msg(thread, Some(msg_trampoline::<F>), ctx) };
     if rc != 0 {
         // SAFETY: the message was not queued, so ctx is still ours.
-        drop(unsafe { Box::from_raw(ctx as *mut Msg) });
+        drop(unsafe { Box::from_raw(ctx as *mut F) });
         log(
             Level::Error,
             file!(),

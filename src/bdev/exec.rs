@@ -2,8 +2,9 @@
 //! `spdk_get_ticks`, and named pollers that call Rust closures.
 //!
 //! Nothing here blocks. Tasks are polled by the `wb_exec` poller of the owning thread (every
-//! reactor iteration) and right after each message that spawns work; wakers only queue the task,
-//! so a waker may fire from inside a base I/O completion without re-entering a poll.
+//! reactor iteration) and right after each message that spawns work; user I/O is polled once as
+//! it is spawned (`spawn_now`). Wakers only queue the task, so a waker may fire from inside a
+//! base I/O completion without re-entering a poll. Task slots and their wakers are reused.
 
 use super::ffi::{cstring, guard};
 use crate::runtime::{LocalFuture, Runtime};
@@ -27,8 +28,9 @@ impl ReadyQueue {
             .unwrap_or_else(|e| e.into_inner())
             .push_back(id);
     }
-    fn pop(&self) -> Option<usize> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+    /// Moves every queued id into `out` (empty on entry), oldest first: one lock per batch.
+    fn take_all(&self, out: &mut VecDeque<usize>) {
+        std::mem::swap(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()), out);
     }
 }
 
@@ -49,18 +51,39 @@ impl Wake for TaskWaker {
     }
 }
 
+/// One task slot. The waker belongs to the slot and is reused by every task the slot holds; a
+/// slot whose `fut` is `None` is free (listed in `Exec::free`).
 struct Task {
-    fut: LocalFuture,
-    waker: Arc<TaskWaker>,
+    fut: Option<LocalFuture>,
+    tw: Arc<TaskWaker>,
+    waker: Waker,
+}
+
+impl Task {
+    /// Polls the task's future once, dropping it when finished.
+    fn poll(&mut self) {
+        if let Some(f) = self.fut.as_mut() {
+            if f.as_mut()
+                .poll(&mut Context::from_waker(&self.waker))
+                .is_ready()
+            {
+                self.fut = None;
+            }
+        }
+    }
 }
 
 /// A single-threaded executor. A stale wake (of a finished task whose slot was reused) only
 /// causes a spurious poll, which futures tolerate.
 #[derive(Default)]
 pub struct Exec {
+    /// `None` only while the slot's task is being polled (taken out of the vector so that the
+    /// poll may spawn).
     tasks: RefCell<Vec<Option<Task>>>,
     free: RefCell<Vec<usize>>,
     ready: Arc<ReadyQueue>,
+    /// The batch of ready ids being run (kept to reuse its allocation).
+    batch: RefCell<VecDeque<usize>>,
     running: Cell<bool>,
 }
 
@@ -71,22 +94,69 @@ impl Default for ReadyQueue {
 }
 
 impl Exec {
-    pub fn spawn(&self, fut: LocalFuture) {
-        let id = match self.free.borrow_mut().pop() {
-            Some(id) => id,
-            None => {
-                let mut t = self.tasks.borrow_mut();
-                t.push(None);
-                t.len() - 1
+    /// A slot for `fut`, taken out of the vector (the caller puts it back): a free one, whose
+    /// waker is reused, or a new one.
+    fn take_slot(&self, fut: LocalFuture) -> (usize, Task) {
+        if let Some(id) = self.free.borrow_mut().pop() {
+            if let Some(mut t) = self.tasks.borrow_mut().get_mut(id).and_then(Option::take) {
+                t.fut = Some(fut);
+                return (id, t);
             }
+        }
+        let id = {
+            let mut t = self.tasks.borrow_mut();
+            t.push(None);
+            t.len() - 1
         };
-        let waker = Arc::new(TaskWaker {
+        let tw = Arc::new(TaskWaker {
             id,
-            queued: AtomicBool::new(true),
+            queued: AtomicBool::new(false),
             ready: self.ready.clone(),
         });
-        self.tasks.borrow_mut()[id] = Some(Task { fut, waker });
-        self.ready.push(id);
+        let waker = Waker::from(tw.clone());
+        let task = Task {
+            fut: Some(fut),
+            tw,
+            waker,
+        };
+        (id, task)
+    }
+
+    fn put_slot(&self, id: usize, task: Task) {
+        let idle = task.fut.is_none();
+        if let Some(s) = self.tasks.borrow_mut().get_mut(id) {
+            *s = Some(task);
+        } else {
+            // Cleared meanwhile (teardown): drop the task.
+            return;
+        }
+        if idle {
+            self.free.borrow_mut().push(id);
+        }
+    }
+
+    pub fn spawn(&self, fut: LocalFuture) {
+        let (id, task) = self.take_slot(fut);
+        // An id still queued from a stale wake polls the new task; otherwise queue it.
+        if !task.tw.queued.swap(true, Ordering::AcqRel) {
+            self.ready.push(id);
+        }
+        self.put_slot(id, task);
+    }
+
+    /// Spawns `fut` and polls it once right away (most I/O completes in its first poll, without
+    /// a trip through the ready queue). Outside `run` only; inside, the same as `spawn`.
+    pub fn spawn_now(&self, fut: LocalFuture) {
+        if self.running.get() {
+            return self.spawn(fut);
+        }
+        self.running.set(true);
+        let (id, mut task) = self.take_slot(fut);
+        // A wake during this poll queues the id again (a stale queued id only polls spuriously).
+        task.tw.queued.store(false, Ordering::Release);
+        task.poll();
+        self.put_slot(id, task);
+        self.running.set(false);
     }
 
     /// Polls ready tasks until none is ready. Returns the number of polls (0 when re-entered).
@@ -95,17 +165,29 @@ impl Exec {
             return 0;
         }
         let mut polls = 0;
-        while let Some(id) = self.ready.pop() {
-            let task = self.tasks.borrow_mut().get_mut(id).and_then(Option::take);
-            let Some(mut task) = task else { continue };
-            task.waker.queued.store(false, Ordering::Release);
-            let waker = Waker::from(task.waker.clone());
-            polls += 1;
-            match task.fut.as_mut().poll(&mut Context::from_waker(&waker)) {
-                Poll::Pending => self.tasks.borrow_mut()[id] = Some(task),
-                Poll::Ready(()) => self.free.borrow_mut().push(id),
+        let mut batch = std::mem::take(&mut *self.batch.borrow_mut());
+        loop {
+            self.ready.take_all(&mut batch);
+            if batch.is_empty() {
+                break;
+            }
+            while let Some(id) = batch.pop_front() {
+                let task = self.tasks.borrow_mut().get_mut(id).and_then(Option::take);
+                let Some(mut task) = task else { continue };
+                task.tw.queued.store(false, Ordering::Release);
+                if task.fut.is_none() {
+                    // A free slot woken by a stale waker: back in place, already in `free`.
+                    if let Some(s) = self.tasks.borrow_mut().get_mut(id) {
+                        *s = Some(task);
+                    }
+                    continue;
+                }
+                polls += 1;
+                task.poll();
+                self.put_slot(id, task);
             }
         }
+        *self.batch.borrow_mut() = batch;
         self.running.set(false);
         polls
     }
@@ -141,22 +223,43 @@ impl SpdkRt {
 
     /// Wakes due timers and runs ready tasks; true if anything happened.
     pub fn turn(&self) -> bool {
-        let now = self.now_ns();
-        let due: Vec<Waker> = {
-            let mut t = self.inner.timers.borrow_mut();
-            let rest = t.split_off(&(now.saturating_add(1), 0));
-            std::mem::replace(&mut *t, rest).into_values().collect()
-        };
-        let fired = !due.is_empty();
-        due.into_iter().for_each(Waker::wake);
+        self.turn_at(self.now_ns())
+    }
+
+    /// [`Self::turn`] with the current time already read.
+    pub fn turn_at(&self, now: u64) -> bool {
+        let fired = self.fire_timers(now);
         let polls = self.inner.exec.run();
         fired || polls > 0
+    }
+
+    /// Wakes the timers due at `now`; true if there were any. No allocation when none is due.
+    fn fire_timers(&self, now: u64) -> bool {
+        let mut due: Vec<Waker> = Vec::new();
+        {
+            let mut t = self.inner.timers.borrow_mut();
+            while let Some(e) = t.first_entry() {
+                if e.key().0 > now {
+                    break;
+                }
+                due.push(e.remove());
+            }
+        }
+        let fired = !due.is_empty();
+        due.into_iter().for_each(Waker::wake);
+        fired
+    }
+
+    /// Spawns `fut` and polls it once at once (see [`Exec::spawn_now`]).
+    pub fn spawn_now(&self, fut: LocalFuture) {
+        self.inner.exec.spawn_now(fut);
     }
 
     /// Drops every task and timer (teardown, once no I/O is in flight): tasks hold the engine,
     /// which holds this runtime, so the cycle is cut here.
     pub fn clear(&self) {
         let tasks: Vec<Option<Task>> = std::mem::take(&mut *self.inner.exec.tasks.borrow_mut());
+        self.inner.exec.batch.borrow_mut().clear();
         self.inner.exec.free.borrow_mut().clear();
         let timers = std::mem::take(&mut *self.inner.timers.borrow_mut());
         drop(tasks);

@@ -4,8 +4,15 @@
 //!
 //! Threads. The table, descriptors, claims and `spdk_bdev` registration live on the app thread.
 //! Each volume has one owner `spdk_thread` named `writeboost_<name>`; its engine `Volume`, base
-//! I/O channels, executor and pollers live there only. I/O arriving on any thread is forwarded
-//! with `spdk_thread_send_msg` and completed back on the submitting thread.
+//! I/O channels, executor and pollers live there only.
+//!
+//! I/O path (no allocation and no thread message per I/O): the submitting thread pushes the
+//! bdev_io onto the volume's lock-free submission queue (linked through the bdev_io's
+//! `driver_ctx`); the volume thread's `wb_exec` poller takes the whole queue each reactor
+//! iteration, starts every I/O in the engine (each polled once at once) and then runs the
+//! executor. A finished I/O goes onto the completion queue of the channel it came through, and
+//! that channel's poller (`wb_complete_<name>`, on the submitting thread) completes the batch.
+//! I/O submitted on the volume thread itself is completed directly.
 //!
 //! Lifecycle (reverse order on the way down):
 //! app: open+claim cache, backing -> create thread -> volume thread: channels, executor, replay
@@ -132,6 +139,8 @@ impl Gauge {
 
 /// Everything of a volume that lives on its thread.
 pub struct VolCtx {
+    /// The Vbdev this context belongs to; it outlives the context (freed after `vol_finish`).
+    vb: SendPtr<Vbdev>,
     pub rt: SpdkRt,
     pub vol: RefCell<Option<Vol>>,
     pollers: RefCell<Vec<Poller>>,
@@ -156,18 +165,37 @@ impl VolCtx {
         }
     }
 
-    /// Executor turn plus the periodic snapshot for `bdev_get_bdevs`.
-    fn exec_poll(&self) -> bool {
-        let busy = self.rt.turn();
+    /// Starts the I/O queued by submitting threads, runs the executor, refreshes the periodic
+    /// snapshot for `bdev_get_bdevs`.
+    fn exec_poll(self: &Rc<Self>) -> bool {
+        // SAFETY: the Vbdev outlives this context (see `vb`); volume thread.
+        let vb = unsafe { &*self.vb.0 };
+        let started = self.start_batch(vb.subq.take());
         let now = self.rt.now_ns();
+        let busy = self.rt.turn_at(now);
         if now.saturating_sub(self.last_snapshot_ns.get()) >= SNAPSHOT_INTERVAL_NS {
             self.last_snapshot_ns.set(now);
             self.refresh_snapshot();
         }
-        busy
+        started || busy
     }
 
-    fn log_io_error(&self, name: &str, what: &str, e: &IoError) {
+    /// Starts every I/O of `batch` (oldest first); true if there was any.
+    fn start_batch(self: &Rc<Self>, batch: IoBatch) -> bool {
+        if batch.is_empty() {
+            return false;
+        }
+        let vol = self.vol.borrow().clone();
+        for io in batch {
+            match &vol {
+                Some(v) => start_io(self, v, io),
+                None => complete(io, false),
+            }
+        }
+        true
+    }
+
+    fn log_io_error(&self, what: &str, e: &IoError) {
         let now = self.rt.now_ns();
         if now.saturating_sub(self.last_error_log_ns.get()) < ERROR_LOG_INTERVAL_NS {
             self.errors_not_logged.set(self.errors_not_logged.get() + 1);
@@ -175,6 +203,7 @@ impl VolCtx {
         }
         self.last_error_log_ns.set(now);
         let skipped = self.errors_not_logged.replace(0);
+        let name = &self.shared.name;
         wb_error!("volume {name}: {what} failed: {e} ({skipped} more errors not logged)");
     }
 }
@@ -191,6 +220,9 @@ pub struct Vbdev {
     pub sectors_per_block: u64,
     align_log2: u8,
     volctx: AtomicPtr<VolCtx>,
+    /// I/O submitted on other threads, started by the volume thread's `wb_exec` poller. Closed
+    /// when the volume stops: later submissions fail at once.
+    subq: IoQueue,
     pub shared: Arc<Shared>,
     cache: RefCell<Option<BaseDesc>>,
     backing: RefCell<Option<BaseDesc>>,
@@ -399,6 +431,7 @@ fn prepare(name: &str) -> Result<SendPtr<Vbdev>, (i32, String)> {
         sectors_per_block: (blocklen / 512) as u64,
         align_log2: cache.align_log2.max(backing.align_log2),
         volctx: AtomicPtr::new(std::ptr::null_mut()),
+        subq: IoQueue::new(),
         shared,
         handles: (cache.handle(), backing.handle()),
         cache: RefCell::new(Some(cache)),
@@ -441,6 +474,7 @@ fn vol_start(vbp: SendPtr<Vbdev>, opts: CreateOptions) {
     let rt = SpdkRt::new();
     let inflight = Rc::new(Cell::new(0u64));
     let ctx = Rc::new(VolCtx {
+        vb: vbp,
         rt: rt.clone(),
         vol: RefCell::new(None),
         pollers: RefCell::new(Vec::new()),
@@ -651,7 +685,17 @@ fn vol_stop(vbp: SendPtr<Vbdev>) {
     let name = vb.name.clone();
     ctx.rt.spawn_then(
         async move {
-            c2.user_io.zero().await;
+            // User I/O: wait until none is in flight, then close the submission queue (later
+            // submissions fail at once instead of racing with the shutdown). I/O found queued
+            // at the close is started, and waited for, like any other.
+            loop {
+                c2.user_io.zero().await;
+                // SAFETY: the Vbdev is alive until app_finish (see above); volume thread.
+                let batch = unsafe { &*vbp.0 }.subq.close();
+                if !c2.start_batch(batch) {
+                    break;
+                }
+            }
             c2.mgmt.zero().await;
             let vol = c2.vol.borrow().clone();
             if let Some(v) = vol {
@@ -675,6 +719,11 @@ fn vol_stop(vbp: SendPtr<Vbdev>) {
 fn vol_finish(vbp: SendPtr<Vbdev>) {
     // SAFETY: alive until app_finish.
     let vb = unsafe { &*vbp.0 };
+    // Normally closed and empty already (vol_stop); without a volume context (failed assembly)
+    // this is the close. Nothing may stay queued once this thread exits.
+    for io in vb.subq.close() {
+        complete(io, false);
+    }
     if let Some(ctx) = vb.ctx() {
         if ctx.dev_inflight.get() > 0 {
             // A base operation is still in flight: its buffer must outlive it. Try again.
@@ -760,11 +809,47 @@ fn finish_free(vbp: SendPtr<Vbdev>) {
     }
 }
 
-unsafe extern "C" fn channel_create(_io_device: *mut c_void, _ctx: *mut c_void) -> i32 {
-    0
+/// A thread gets our channel: its completion queue and the poller that drains it.
+unsafe extern "C" fn channel_create(io_device: *mut c_void, ctx: *mut c_void) -> i32 {
+    guard("channel_create", || {
+        let chan = Box::into_raw(Box::new(ChanCtx {
+            done: IoQueue::new(),
+            poller: Cell::new(None),
+        }));
+        // SAFETY: io_device is our registered Vbdev (alive until its io_device is unregistered,
+        // after every channel is destroyed); only its immutable name is read.
+        let name = unsafe { &(*(io_device as *const Vbdev)).name };
+        let cp = chan as *const ChanCtx;
+        let poller = Poller::register(&format!("wb_complete_{name}"), 0, move || {
+            // SAFETY: the ChanCtx is freed in channel_destroy only after this poller is
+            // unregistered, on this same thread.
+            complete_queued(unsafe { &*cp })
+        });
+        // SAFETY: chan is the fresh box; ctx is our 8-byte channel context, owned by this channel
+        // until channel_destroy.
+        unsafe {
+            (*chan).poller.set(Some(poller));
+            *(ctx as *mut *mut ChanCtx) = chan;
+        }
+        0
+    })
 }
 
-unsafe extern "C" fn channel_destroy(_io_device: *mut c_void, _ctx: *mut c_void) {}
+unsafe extern "C" fn channel_destroy(_io_device: *mut c_void, ctx: *mut c_void) {
+    guard("channel_destroy", || {
+        // SAFETY: the pointer channel_create stored; destroy runs on the channel's thread, once.
+        let chan = unsafe { Box::from_raw(*(ctx as *mut *mut ChanCtx)) };
+        drop(chan.poller.take());
+        // SPDK destroys a channel only once no I/O submitted through it is outstanding, so the
+        // queue is empty. Completing a straggler now would touch the already destroyed bdev
+        // channel; it is reported instead.
+        let left = chan.done.take();
+        if !left.is_empty() {
+            let n = left.count();
+            wb_error!("{n} finished I/O left on a destroyed channel; not completed");
+        }
+    });
+}
 
 unsafe extern "C" fn vbdev_destruct(ctx: *mut c_void) -> i32 {
     guard("destruct", || {
@@ -831,23 +916,211 @@ unsafe extern "C" fn vbdev_dump_info_json(
     })
 }
 
-fn complete(io: SendPtr<sys::spdk_bdev_io>, ok: bool) {
-    let status = if ok {
+/// Our part of every bdev_io, in its `driver_ctx` (`module_get_ctx_size`). Written by
+/// `vbdev_submit_request` on the submitting thread before the I/O goes anywhere.
+#[repr(C)]
+struct IoCtx {
+    /// Link of the [`IoQueue`] the bdev_io sits in (submission or completion queue).
+    next: *mut sys::spdk_bdev_io,
+    /// Completion queue of the submitting thread's channel; null when the I/O was submitted on
+    /// the volume thread itself (then it is completed directly).
+    chan: *const ChanCtx,
+    /// The result, while the I/O sits in a completion queue.
+    ok: bool,
+}
+
+/// The module context of `io`.
+///
+/// # Safety
+/// `io` must be a live bdev_io of our bdev (its driver_ctx holds `module_get_ctx_size` bytes).
+unsafe fn io_ctx(io: *mut sys::spdk_bdev_io) -> *mut IoCtx {
+    // SAFETY: per the contract; driver_ctx is cache-line aligned, enough for IoCtx.
+    unsafe { (&raw mut (*io).driver_ctx) as *mut IoCtx }
+}
+
+/// The "closed" mark of an [`IoQueue`]: an aligned, non-null address no bdev_io can have.
+fn closed_mark() -> *mut sys::spdk_bdev_io {
+    std::ptr::dangling_mut()
+}
+
+/// A lock-free queue of bdev_ios linked through [`IoCtx::next`]: any thread pushes (a CAS on the
+/// head, no allocation), one consumer thread takes everything at once, oldest first. Once closed
+/// (by the consumer), pushes fail.
+struct IoQueue {
+    head: AtomicPtr<sys::spdk_bdev_io>,
+}
+
+impl IoQueue {
+    const fn new() -> IoQueue {
+        IoQueue {
+            head: AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// Queues `io`; false (and `io` untouched) if the queue is closed.
+    ///
+    /// # Safety
+    /// `io` is a live bdev_io of our bdev, owned by the caller and in no queue; once queued it
+    /// belongs to the consumer.
+    unsafe fn push(&self, io: *mut sys::spdk_bdev_io) -> bool {
+        let mut h = self.head.load(Ordering::Relaxed);
+        loop {
+            if h == closed_mark() {
+                return false;
+            }
+            // SAFETY: per the contract, io is ours until the CAS publishes it (Release).
+            unsafe { (*io_ctx(io)).next = h };
+            match self
+                .head
+                .compare_exchange_weak(h, io, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(cur) => h = cur,
+            }
+        }
+    }
+
+    /// Takes what is queued (nothing once closed). Consumer thread only.
+    fn take(&self) -> IoBatch {
+        let h = self.head.load(Ordering::Relaxed);
+        if h.is_null() || h == closed_mark() {
+            return IoBatch::EMPTY;
+        }
+        // Only the consumer stores null or the closed mark, so the head is still a list here.
+        let h = self.head.swap(std::ptr::null_mut(), Ordering::Acquire);
+        // SAFETY: a list of queued bdev_ios, now ours (the Acquire pairs with their pushes).
+        unsafe { IoBatch::from_lifo(h) }
+    }
+
+    /// Closes the queue and takes what was queued. Consumer thread only; idempotent.
+    fn close(&self) -> IoBatch {
+        let h = self.head.swap(closed_mark(), Ordering::Acquire);
+        if h == closed_mark() {
+            return IoBatch::EMPTY;
+        }
+        // SAFETY: as in `take`.
+        unsafe { IoBatch::from_lifo(h) }
+    }
+}
+
+/// bdev_ios taken from an [`IoQueue`], oldest first. Each is yielded exactly once; one left when
+/// the batch is dropped (only on a panic, which aborts anyway) is completed as failed.
+struct IoBatch {
+    head: *mut sys::spdk_bdev_io,
+}
+
+impl IoBatch {
+    const EMPTY: IoBatch = IoBatch {
+        head: std::ptr::null_mut(),
+    };
+
+    /// # Safety
+    /// `p` is null or a list of bdev_ios (newest first) owned by the caller.
+    unsafe fn from_lifo(mut p: *mut sys::spdk_bdev_io) -> IoBatch {
+        let mut out = std::ptr::null_mut();
+        while !p.is_null() {
+            // SAFETY: every element is a live bdev_io of ours (contract).
+            unsafe {
+                let c = io_ctx(p);
+                let next = (*c).next;
+                (*c).next = out;
+                out = p;
+                p = next;
+            }
+        }
+        IoBatch { head: out }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+}
+
+impl Iterator for IoBatch {
+    type Item = *mut sys::spdk_bdev_io;
+    fn next(&mut self) -> Option<*mut sys::spdk_bdev_io> {
+        let io = self.head;
+        if io.is_null() {
+            return None;
+        }
+        // SAFETY: io is in this batch, so still ours: the link is read before it is handed out
+        // (whoever gets it may complete it).
+        self.head = unsafe { (*io_ctx(io)).next };
+        Some(io)
+    }
+}
+
+impl Drop for IoBatch {
+    fn drop(&mut self) {
+        for io in self.by_ref() {
+            complete(io, false);
+        }
+    }
+}
+
+/// Per-channel context (one per submitting thread): the completion queue the volume thread
+/// fills and the poller of the channel's thread that completes what it holds. Lives in a Box
+/// whose pointer is the 8-byte context of our `spdk_io_channel`.
+struct ChanCtx {
+    done: IoQueue,
+    /// Owning thread only.
+    poller: Cell<Option<Poller>>,
+}
+
+fn io_status(ok: bool) -> sys::spdk_bdev_io_status {
+    if ok {
         sys::SPDK_BDEV_IO_STATUS_SUCCESS
     } else {
         sys::SPDK_BDEV_IO_STATUS_FAILED
+    }
+}
+
+/// Completes an I/O that reached the volume thread (or one of its batches): directly when it
+/// was submitted on this thread, else through the submitting channel's completion queue.
+fn complete(io: *mut sys::spdk_bdev_io, ok: bool) {
+    // SAFETY: io is a bdev_io submitted to us and not completed yet; its IoCtx was written at
+    // submission.
+    let chan = unsafe {
+        let c = io_ctx(io);
+        (*c).ok = ok;
+        (*c).chan
     };
-    // SAFETY: io is a bdev_io submitted to us and not completed yet.
-    let t = unsafe { sys::spdk_bdev_io_get_thread(io.0) };
-    if t == current_thread() {
-        // SAFETY: completing on the submitting thread, once.
-        unsafe { sys::spdk_bdev_io_complete(io.0, status) };
-    } else {
-        send_msg(t, move || {
-            let io = io;
-            // SAFETY: as above, now on the submitting thread.
-            unsafe { sys::spdk_bdev_io_complete(io.0, status) };
-        });
+    if chan.is_null() {
+        // SAFETY: submitted on this very thread: complete it here, once.
+        unsafe { sys::spdk_bdev_io_complete(io, io_status(ok)) };
+        return;
+    }
+    // SAFETY: the channel the I/O came through outlives it: SPDK destroys a channel only once
+    // no I/O submitted through it is outstanding, and this one is outstanding until its thread
+    // completes it from the queue. After the push neither io nor chan is touched here. The
+    // completion queue is never closed.
+    let queued = unsafe { (*chan).done.push(io) };
+    debug_assert!(queued);
+}
+
+/// The channel's thread: completes every I/O the volume thread finished. True if any.
+fn complete_queued(chan: &ChanCtx) -> bool {
+    let batch = chan.done.take();
+    if batch.is_empty() {
+        return false;
+    }
+    for io in batch {
+        // SAFETY: a finished I/O submitted on this thread, taken from its completion queue: it
+        // is completed here, once, with the result the volume thread stored.
+        unsafe { sys::spdk_bdev_io_complete(io, io_status((*io_ctx(io)).ok)) };
+    }
+    true
+}
+
+/// Submitting thread: hands `io` (its IoCtx written) to the volume thread, or fails it at once
+/// when the volume is stopping.
+fn submit(io: *mut sys::spdk_bdev_io) {
+    // SAFETY: the bdev_io's bdev is ours; ctxt is the Vbdev, alive while I/O is possible.
+    let vb = unsafe { &*((*(*io).bdev).ctxt as *const Vbdev) };
+    // SAFETY: io is live, ours, in no queue.
+    if !unsafe { vb.subq.push(io) } {
+        // SAFETY: on the submitting thread, not completed yet.
+        unsafe { sys::spdk_bdev_io_complete(io, sys::SPDK_BDEV_IO_STATUS_FAILED) };
     }
 }
 
@@ -857,43 +1130,53 @@ unsafe extern "C" fn get_buf_done(
     success: bool,
 ) {
     guard("get_buf", || {
-        if !success {
-            return complete(SendPtr(io), false);
+        if success {
+            submit(io);
+        } else {
+            // SAFETY: on the submitting thread, not completed yet.
+            unsafe { sys::spdk_bdev_io_complete(io, sys::SPDK_BDEV_IO_STATUS_FAILED) };
         }
-        forward(SendPtr(io));
-    });
-}
-
-fn forward(io: SendPtr<sys::spdk_bdev_io>) {
-    // SAFETY: the bdev_io's bdev is ours; ctxt is the Vbdev, alive while I/O is possible.
-    let vbp = SendPtr(unsafe { (*(*io.0).bdev).ctxt } as *mut Vbdev);
-    // SAFETY: as above.
-    let thread = unsafe { (*vbp.0).thread };
-    send_msg(thread, move || {
-        let (vbp, io) = (vbp, io);
-        handle_io(vbp, io)
     });
 }
 
 unsafe extern "C" fn vbdev_submit_request(
-    _ch: *mut sys::spdk_io_channel,
+    ch: *mut sys::spdk_io_channel,
     io: *mut sys::spdk_bdev_io,
 ) {
     guard("submit_request", || {
-        // SAFETY: io is a live bdev_io for our bdev; reading its request fields.
-        let (ty, needs_buf, len) = unsafe {
+        // SAFETY: io is a live bdev_io for our bdev (ctxt is the Vbdev, alive while I/O is
+        // possible); reading its request fields.
+        let (needs_buf, len, thread) = unsafe {
             let b = &(*io).u.bdev;
-            let ty = (*io).type_ as u32;
-            let needs_buf = ty == sys::SPDK_BDEV_IO_TYPE_READ
+            let needs_buf = (*io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_READ
                 && (b.iovcnt == 0 || (*b.iovs).iov_base.is_null());
-            (ty, needs_buf, b.num_blocks * (*(*io).bdev).blocklen as u64)
+            let vb = &*((*(*io).bdev).ctxt as *const Vbdev);
+            (
+                needs_buf,
+                b.num_blocks * (*(*io).bdev).blocklen as u64,
+                vb.thread,
+            )
         };
-        let _ = ty;
+        let chan = if current_thread() == thread {
+            std::ptr::null()
+        } else {
+            // SAFETY: ch is our channel on this thread; channel_create stored a ChanCtx pointer
+            // in its context.
+            unsafe { *(sys::wb_shim_io_channel_get_ctx(ch) as *const *const ChanCtx) }
+        };
+        // SAFETY: our driver_ctx, not in use before this point.
+        unsafe {
+            io_ctx(io).write(IoCtx {
+                next: std::ptr::null_mut(),
+                chan,
+                ok: false,
+            })
+        };
         if needs_buf {
             // SAFETY: on the submitting thread, as required.
             unsafe { sys::spdk_bdev_io_get_buf(io, Some(get_buf_done), len) };
         } else {
-            forward(SendPtr(io));
+            submit(io);
         }
     });
 }
@@ -971,43 +1254,39 @@ async fn do_write(
     vol.write(off_sectors, &bounce, fua).await
 }
 
-/// Volume thread: run one bdev_io through the engine.
-fn handle_io(vbp: SendPtr<Vbdev>, io: SendPtr<sys::spdk_bdev_io>) {
-    // SAFETY: the Vbdev is alive while its bdev receives I/O; we are on its thread.
-    let vb = unsafe { &*vbp.0 };
-    let Some(ctx) = vb.ctx() else {
-        return complete(io, false);
-    };
-    let Some(vol) = ctx.vol.borrow().clone() else {
-        return complete(io, false);
-    };
+/// Volume thread: starts one bdev_io in the engine (polled once at once; most I/O completes in
+/// that poll).
+fn start_io(ctx: &Rc<VolCtx>, vol: &Vol, io: *mut sys::spdk_bdev_io) {
+    // SAFETY: the Vbdev outlives its context; volume thread.
+    let spb = unsafe { (*ctx.vb.0).sectors_per_block };
     // SAFETY: live bdev_io; plain field reads.
     let (ty, off_sectors, nr_sectors, fua) = unsafe {
-        let b = &(*io.0).u.bdev;
+        let b = &(*io).u.bdev;
         (
-            (*io.0).type_ as u32,
-            b.offset_blocks * vb.sectors_per_block,
-            b.num_blocks * vb.sectors_per_block,
+            (*io).type_ as u32,
+            b.offset_blocks * spb,
+            b.num_blocks * spb,
             b.nvme_cdw12.raw & NVME_CDW12_FUA != 0,
         )
     };
+    let io = SendPtr(io);
     if ty == sys::SPDK_BDEV_IO_TYPE_RESET {
-        // Nothing is queued outside the engine: a reset completes once every I/O submitted
-        // before it has finished.
-        let g = ctx.user_io.clone();
-        ctx.rt.spawn(Box::pin(async move {
-            g.zero().await;
-            complete(io, true);
+        // Nothing is queued outside the engine once started: a reset completes once every I/O
+        // submitted before it (started before it, in queue order) has finished.
+        let c = ctx.clone();
+        ctx.rt.spawn_now(Box::pin(async move {
+            c.user_io.zero().await;
+            complete(io.0, true);
         }));
-        ctx.rt.turn();
         return;
     }
-    let gauge = ctx.user_io.clone();
-    gauge.inc();
+    ctx.user_io.inc();
     let len = (nr_sectors * 512) as usize;
-    let c2 = Rc::downgrade(&ctx);
-    let name = vb.name.clone();
-    ctx.rt.spawn(Box::pin(async move {
+    let vol = vol.clone();
+    // A strong reference: the cycle (context -> executor -> task -> context) is cut by
+    // `SpdkRt::clear` in vol_finish, and user I/O always finishes before that.
+    let c = ctx.clone();
+    ctx.rt.spawn_now(Box::pin(async move {
         let (what, r) = match ty {
             sys::SPDK_BDEV_IO_TYPE_READ => ("read", do_read(&vol, io, off_sectors, len).await),
             sys::SPDK_BDEV_IO_TYPE_WRITE => {
@@ -1022,14 +1301,11 @@ fn handle_io(vbp: SendPtr<Vbdev>, io: SendPtr<sys::spdk_bdev_io>) {
             _ => ("unsupported I/O", Err(IoError::NotDurable)),
         };
         if let Err(e) = &r {
-            if let Some(c) = c2.upgrade() {
-                c.log_io_error(&name, what, e);
-            }
+            c.log_io_error(what, e);
         }
-        gauge.dec();
-        complete(io, r.is_ok());
+        c.user_io.dec();
+        complete(io.0, r.is_ok());
     }));
-    ctx.rt.turn();
 }
 
 /// Runs `f` with the volume context on the volume's thread. `f` must not block.
@@ -1054,7 +1330,7 @@ unsafe extern "C" fn module_fini() {
 }
 
 unsafe extern "C" fn module_get_ctx_size() -> i32 {
-    0
+    std::mem::size_of::<IoCtx>() as i32
 }
 
 /// `save_config`: one `bdev_writeboost_create` per configured volume (a resume: never

@@ -20,6 +20,22 @@ pub trait Runtime: Clone + 'static {
     fn spawn(&self, fut: LocalFuture);
 }
 
+/// Gives the thread back to its runtime once: completes on the second poll. Every runtime polls
+/// a task that woke itself only after the other work ready at that point (SPDK: on a later
+/// reactor iteration), so a long loop that yields keeps the thread responsive.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
 /// A small single-threaded executor on real time: the offline command and the benchmarks.
 #[derive(Clone, Default)]
 pub struct LocalRuntime {

@@ -196,13 +196,14 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     pub(super) async fn flush_backing(&self) -> Result<(), IoError> {
-        self.st.borrow_mut().backing_needs_flush = false;
+        let covers = self.st.borrow().backing_writes_done;
         if let Err(e) = self.backing.flush().await {
             let mut st = self.st.borrow_mut();
             st.counters.note_error(ErrorKind::BackingFlush);
-            st.backing_needs_flush = true;
             return Err(IoError::backing(e));
         }
+        let mut st = self.st.borrow_mut();
+        st.backing_flushed_through = st.backing_flushed_through.max(covers);
         Ok(())
     }
 
@@ -219,7 +220,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if target > 0 {
             self.make_durable(target, true).await?;
         }
-        if self.st.borrow().backing_needs_flush {
+        let st = self.st.borrow();
+        let backing_unflushed = st.backing_flushed_through < st.backing_writes_done;
+        drop(st);
+        if backing_unflushed {
             self.flush_backing().await?;
         }
         self.bump_progress();

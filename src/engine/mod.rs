@@ -121,7 +121,12 @@ struct State {
     flush_in_flight: bool,
     /// Bumped when durability failed; waiters that saw an older value fail.
     durability_error_gen: u64,
-    backing_needs_flush: bool,
+    /// Foreground writes to the backing device completed so far (write-around).
+    backing_writes_done: u64,
+    /// `backing_writes_done` as of the start of the last successful backing flush: every
+    /// write counted up to here is durable. A FLUSH that finds a backing flush in flight
+    /// cannot rely on it (it may fail, or have started before this FLUSH's writes).
+    backing_flushed_through: u64,
     // Writeback.
     writeback_in_flight: bool,
     writeback_retry_at_ns: u64,

@@ -278,7 +278,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 st.counters.note_error(ErrorKind::BackingWrite);
                 return Err(IoError::backing(e));
             }
-            st.backing_needs_flush = true;
+            st.backing_writes_done += 1;
             st.counters.bytes_written += data.len() as u64;
         }
         if fua {

@@ -8,8 +8,12 @@ use crate::format::SegmentHeader;
 
 /// Largest coalesced backing write.
 const MAX_RUN_BLOCKS: u64 = 256;
-/// Backing writes in flight per batch.
-const WRITE_QUEUE_DEPTH: usize = 256;
+/// Device operations in flight per batch: deep enough to keep a slow backing device busy (a
+/// 4 ms device needs hundreds in flight to match the cache).
+const QUEUE_DEPTH: usize = 1024;
+/// Operations started per executor turn: a batch of a thousand I/Os started at once would hold
+/// the thread for a millisecond and show in the foreground's tail latency.
+const SUBMIT_BURST: usize = 32;
 const BACKOFF_MIN_NS: u64 = 1_000_000;
 const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 
@@ -39,6 +43,48 @@ impl WriteSource {
         match self {
             WriteSource::Owned(b) => b,
             WriteSource::Slice { buf, start, len } => &bufs[*buf][*start..*start + *len],
+        }
+    }
+}
+
+/// Runs `ops` with at most `depth` in flight, starting at most [`SUBMIT_BURST`] per executor
+/// turn, and hands each result to `done` in completion order. Every operation runs to completion
+/// (an I/O future is never dropped in flight).
+async fn paced<F: Future>(
+    ops: impl Iterator<Item = F>,
+    depth: usize,
+    mut done: impl FnMut(F::Output),
+) {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use futures::FutureExt;
+    let mut ops = ops.peekable();
+    let mut inflight = FuturesUnordered::new();
+    loop {
+        let mut started = 0;
+        while inflight.len() < depth && started < SUBMIT_BURST {
+            match ops.next() {
+                Some(op) => {
+                    inflight.push(op);
+                    started += 1;
+                }
+                None => break,
+            }
+        }
+        if inflight.is_empty() {
+            return;
+        }
+        if started == SUBMIT_BURST && ops.peek().is_some() {
+            // Start the new ones and take what is already done, then let the thread run other
+            // work. (A completion seen by this poll's no-op waker is queued inside `inflight`
+            // and taken by the next real poll.)
+            while let Some(Some(r)) = inflight.next().now_or_never() {
+                done(r);
+            }
+            crate::runtime::yield_now().await;
+            continue;
+        }
+        if let Some(r) = inflight.next().await {
+            done(r);
         }
     }
 }
@@ -162,12 +208,21 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         };
         // First the headers (a block or a few per segment) ...
         let hb = self.st.borrow().geo.header_bytes();
-        let results = futures::future::join_all(reads.iter().map(|&(_, off)| async move {
-            let mut b = AlignedBuf::for_overwrite(hb);
-            let r = self.cache.read(off, &mut b).await;
-            (b, r)
-        }))
+        let mut results: Vec<Option<(AlignedBuf, Result<(), crate::device::DeviceError>)>> =
+            (0..reads.len()).map(|_| None).collect();
+        paced(
+            reads.iter().enumerate().map(|(k, &(_, off))| async move {
+                let mut b = AlignedBuf::for_overwrite(hb);
+                let r = self.cache.read(off, &mut b).await;
+                (k, b, r)
+            }),
+            QUEUE_DEPTH,
+            |(k, b, r)| results[k] = Some((b, r)),
+        )
         .await;
+        let results = results
+            .into_iter()
+            .map(|r| r.expect("every read completed"));
         let mut headers = Vec::with_capacity(results.len());
         for (k, (b, r)) in results.into_iter().enumerate() {
             let bad = |op| {
@@ -262,13 +317,24 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             it.off = (runs_to_read[run].1 - 1) * BLOCK;
             it.buf = run;
         }
-        let data_reads =
-            futures::future::join_all(runs_to_read.iter().map(|&(off, blocks)| async move {
-                let mut buf = AlignedBuf::for_overwrite(blocks * BLOCK);
-                let r = self.cache.read(off, &mut buf).await;
-                (buf, r)
-            }))
-            .await;
+        let mut data_reads: Vec<Option<(AlignedBuf, Result<(), crate::device::DeviceError>)>> =
+            (0..runs_to_read.len()).map(|_| None).collect();
+        paced(
+            runs_to_read
+                .iter()
+                .enumerate()
+                .map(|(k, &(off, blocks))| async move {
+                    let mut buf = AlignedBuf::for_overwrite(blocks * BLOCK);
+                    let r = self.cache.read(off, &mut buf).await;
+                    (k, buf, r)
+                }),
+            QUEUE_DEPTH,
+            |(k, b, r)| data_reads[k] = Some((b, r)),
+        )
+        .await;
+        let data_reads = data_reads
+            .into_iter()
+            .map(|r| r.expect("every read completed"));
         unpin(self);
         let mut bufs = Vec::with_capacity(data_reads.len());
         let mut first_err = None;
@@ -343,18 +409,16 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         // A sliding window: a new write starts as soon as one completes, so one slow write
         // does not hold back the others.
         {
-            use futures::StreamExt;
             let bufs = &bufs;
-            let mut results = futures::stream::iter(writes.iter())
-                .map(|(off, src)| async move {
+            // Every write runs to completion even after an error.
+            let mut first_err = None;
+            paced(
+                writes.iter().map(|(off, src)| async move {
                     let data = src.bytes(bufs);
                     (self.backing.write(*off, data).await, data.len() as u64)
-                })
-                .buffer_unordered(WRITE_QUEUE_DEPTH);
-            // Drain every write even after an error: an I/O future is never dropped in flight.
-            let mut first_err = None;
-            while let Some((r, len)) = results.next().await {
-                match r {
+                }),
+                QUEUE_DEPTH,
+                |(r, len)| match r {
                     Ok(()) => bytes += len,
                     Err(e) => {
                         self.st
@@ -363,8 +427,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                             .note_error(ErrorKind::BackingWrite);
                         first_err.get_or_insert(e);
                     }
-                }
-            }
+                },
+            )
+            .await;
             if let Some(e) = first_err {
                 return Err(IoError::backing(e));
             }

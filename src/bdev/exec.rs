@@ -34,10 +34,18 @@ impl ReadyQueue {
     }
 }
 
+thread_local! {
+    /// The task being polled on this thread (`usize::MAX`: none).
+    static POLLING: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
 struct TaskWaker {
     id: usize,
     queued: AtomicBool,
     ready: Arc<ReadyQueue>,
+    /// Where a task that wakes itself while being polled (it yields) waits for the next `run`,
+    /// so a long loop that yields lets the reactor run messages and pollers in between.
+    yielded: Arc<ReadyQueue>,
 }
 
 impl Wake for TaskWaker {
@@ -46,7 +54,11 @@ impl Wake for TaskWaker {
     }
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.queued.swap(true, Ordering::AcqRel) {
-            self.ready.push(self.id);
+            if POLLING.with(Cell::get) == self.id {
+                self.yielded.push(self.id);
+            } else {
+                self.ready.push(self.id);
+            }
         }
     }
 }
@@ -63,10 +75,13 @@ impl Task {
     /// Polls the task's future once, dropping it when finished.
     fn poll(&mut self) {
         if let Some(f) = self.fut.as_mut() {
-            if f.as_mut()
+            POLLING.with(|p| p.set(self.tw.id));
+            let done = f
+                .as_mut()
                 .poll(&mut Context::from_waker(&self.waker))
-                .is_ready()
-            {
+                .is_ready();
+            POLLING.with(|p| p.set(usize::MAX));
+            if done {
                 self.fut = None;
             }
         }
@@ -82,6 +97,8 @@ pub struct Exec {
     tasks: RefCell<Vec<Option<Task>>>,
     free: RefCell<Vec<usize>>,
     ready: Arc<ReadyQueue>,
+    /// Tasks that yielded during the previous `run`.
+    yielded: Arc<ReadyQueue>,
     /// The batch of ready ids being run (kept to reuse its allocation).
     batch: RefCell<VecDeque<usize>>,
     running: Cell<bool>,
@@ -112,6 +129,7 @@ impl Exec {
             id,
             queued: AtomicBool::new(false),
             ready: self.ready.clone(),
+            yielded: self.yielded.clone(),
         });
         let waker = Waker::from(tw.clone());
         let task = Task {
@@ -159,13 +177,19 @@ impl Exec {
         self.running.set(false);
     }
 
-    /// Polls ready tasks until none is ready. Returns the number of polls (0 when re-entered).
+    /// Polls ready tasks until none is ready; the tasks that yielded during the previous run are
+    /// ready again, those that yield now wait for the next run. Returns the number of polls (0
+    /// when re-entered).
     pub fn run(&self) -> usize {
         if self.running.replace(true) {
             return 0;
         }
         let mut polls = 0;
         let mut batch = std::mem::take(&mut *self.batch.borrow_mut());
+        self.yielded.take_all(&mut batch);
+        while let Some(id) = batch.pop_front() {
+            self.ready.push(id);
+        }
         loop {
             self.ready.take_all(&mut batch);
             if batch.is_empty() {

@@ -220,9 +220,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if target > 0 {
             self.make_durable(target, true).await?;
         }
-        let st = self.st.borrow();
-        let backing_unflushed = st.backing_flushed_through < st.backing_writes_done;
-        drop(st);
+        let backing_unflushed = {
+            let st = self.st.borrow();
+            st.backing_flushed_through < st.backing_writes_done
+        };
         if backing_unflushed {
             self.flush_backing().await?;
         }

@@ -24,6 +24,7 @@ TUNABLES = [
     ("update_sb_record_interval", 0, 3600, 60, True),
     ("sync_data_interval", 0, 3600, 0, True),
     ("read_cache_threshold", 0, 127, 0, True),
+    ("sequential_cutoff_kib", 0, 1048576, 4096, True),
     ("write_around_mode", 0, 1, 0, False),
 ]
 

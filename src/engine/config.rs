@@ -56,6 +56,14 @@ pub const TUNABLES: &[Tunable] = &[
         doc: "reads are staged into the cache unless part of a sequential run longer than this many 4 KiB blocks (0: read caching off)",
     },
     Tunable {
+        name: "sequential_cutoff_kib",
+        min: 0,
+        max: 1_048_576,
+        default: 4096,
+        dynamic: true,
+        doc: "a write continuing a sequential stream longer than this many KiB goes straight to the backing device if none of its blocks is cached, once half of the cache blocks are dirty and then until the stream breaks (0: off)",
+    },
+    Tunable {
         name: "write_around_mode",
         min: 0,
         max: 1,
@@ -87,6 +95,7 @@ pub struct Options {
     pub update_sb_record_interval: u64,
     pub sync_data_interval: u64,
     pub read_cache_threshold: u64,
+    pub sequential_cutoff_kib: u64,
     pub write_around_mode: bool,
 }
 
@@ -98,6 +107,7 @@ impl Default for Options {
             update_sb_record_interval: 0,
             sync_data_interval: 0,
             read_cache_threshold: 0,
+            sequential_cutoff_kib: 0,
             write_around_mode: false,
         };
         for t in TUNABLES {
@@ -119,6 +129,7 @@ impl Options {
             "update_sb_record_interval" => self.update_sb_record_interval = v,
             "sync_data_interval" => self.sync_data_interval = v,
             "read_cache_threshold" => self.read_cache_threshold = v,
+            "sequential_cutoff_kib" => self.sequential_cutoff_kib = v,
             "write_around_mode" => self.write_around_mode = v != 0,
             _ => unreachable!("tunable table and Options disagree on {name}"),
         }
@@ -131,6 +142,7 @@ impl Options {
             "update_sb_record_interval" => self.update_sb_record_interval,
             "sync_data_interval" => self.sync_data_interval,
             "read_cache_threshold" => self.read_cache_threshold,
+            "sequential_cutoff_kib" => self.sequential_cutoff_kib,
             "write_around_mode" => self.write_around_mode as u64,
             _ => return None,
         })

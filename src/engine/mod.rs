@@ -153,6 +153,18 @@ struct State {
     staging_token: u64,
     seq_next_block: u64,
     seq_run_blocks: u64,
+    // Sequential cutoff (writes that bypass the cache).
+    wseq_next_sector: u64,
+    wseq_run_sectors: u64,
+    /// The current stream bypasses the cache: it keeps doing so until it breaks, even if
+    /// writeback meanwhile cleaned the cache below half dirty (no flapping between paths).
+    wseq_bypassing: bool,
+    /// Blocks dropped from the index by an invalidation (discard, write-around) while their copy
+    /// sits in a segment above the recorded writeback id: replay would map that copy again, so
+    /// such a block may not bypass the cache until the segment is recorded written back.
+    shadowed: HashMap<u64, u64>,
+    /// Blocks with a bypassing write in flight: log writes of them wait, reads do not stage them.
+    bypass_inflight: HashMap<u64, u32>,
     // Superblock record and sync.
     record_seq: u64,
     record_in_flight: bool,

@@ -33,7 +33,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 continue;
             }
             st.staging.remove(&block);
-            if !st.gate.queue.is_empty() || st.index.lookup(block).is_some() {
+            if !st.gate.queue.is_empty()
+                || st.index.lookup(block).is_some()
+                || st.bypass_inflight.contains_key(&block)
+            {
                 continue;
             }
             if !self.ensure_open_with_room(&mut st) {
@@ -164,7 +167,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         }),
                     }
                 }
-                if may_stage && fullsize && cb.is_none() {
+                if may_stage && fullsize && cb.is_none() && !st.bypass_inflight.contains_key(&block)
+                {
                     st.staging.insert(block, token);
                     stage.push(block);
                 }

@@ -49,6 +49,8 @@ pub struct Counters {
     pub backing_flush_errors: u64,
     /// Foreground writes that had to wait for log space.
     pub write_waits_for_space: u64,
+    /// Bytes of writes that bypassed the cache (sequential cutoff).
+    pub bytes_bypassed: u64,
 }
 
 /// The error counters, by device and operation.

@@ -200,6 +200,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     ) -> Result<u64, IoError> {
         let spb = SECTORS_PER_BLOCK as u64;
         let end = offset_sectors + (data.len() / SECTOR) as u64;
+        if !self.st.borrow().bypass_inflight.is_empty() {
+            // A write that bypassed the cache is still going to the backing device: a newer copy
+            // in the log could otherwise be written back before it lands, and lose to it.
+            let (first, last) = (offset_sectors / spb, end.div_ceil(spb));
+            self.wait_until(|st| (first..last).all(|b| !st.bypass_inflight.contains_key(&b)))
+                .await;
+        }
         let mut sector = offset_sectors;
         let mut last_id = 0;
         let mut waited = false;
@@ -264,14 +271,25 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let ticket = self.gate_enter().await;
         self.invalidate_range(offset_sectors, (data.len() / SECTOR) as u64, true);
         self.gate_exit(ticket);
+        let r = self.write_backing_direct(offset_sectors, data, fua).await;
+        // A read that started before this write may have staged the old data meanwhile.
+        self.invalidate_range(offset_sectors, (data.len() / SECTOR) as u64, true);
+        r
+    }
+
+    /// The backing-device half of a write that does not go through the log.
+    async fn write_backing_direct(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<(), IoError> {
         self.backing_fg_begin();
         let r = self
             .backing
             .write(offset_sectors * SECTOR_SIZE_BYTES as u64, data)
             .await;
         self.backing_fg_end();
-        // A read that started before this write may have staged the old data meanwhile.
-        self.invalidate_range(offset_sectors, (data.len() / SECTOR) as u64, true);
         {
             let mut st = self.st.borrow_mut();
             if let Err(e) = r {
@@ -285,6 +303,92 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             self.flush_backing().await?;
         }
         Ok(())
+    }
+
+    /// Sequential cutoff: once half of the cache blocks are dirty, a write that continues a
+    /// sequential stream longer than `sequential_cutoff_kib` goes straight to the backing device,
+    /// provided no block it touches has a copy in the log that replay could map (cached, or
+    /// invalidated but not yet recorded written back). `None`: it goes through the log.
+    async fn try_bypass(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Option<Result<(), IoError>> {
+        let nr_sectors = (data.len() / SECTOR) as u64;
+        {
+            let mut st = self.st.borrow_mut();
+            if offset_sectors == st.wseq_next_sector {
+                st.wseq_run_sectors += nr_sectors;
+            } else {
+                st.wseq_run_sectors = nr_sectors;
+                st.wseq_bypassing = false;
+            }
+            st.wseq_next_sector = offset_sectors + nr_sectors;
+            let cutoff_sectors = st.opts.sequential_cutoff_kib * 2;
+            if cutoff_sectors == 0
+                || st.wseq_run_sectors <= cutoff_sectors
+                || !(st.wseq_bypassing || st.nr_dirty * 2 >= st.geo.nr_cache_blocks())
+            {
+                return None;
+            }
+            st.wseq_bypassing = true;
+        }
+        let spb = SECTORS_PER_BLOCK as u64;
+        let (first, last) = (
+            offset_sectors / spb,
+            (offset_sectors + nr_sectors).div_ceil(spb),
+        );
+        let ticket = self.gate_enter().await;
+        let clear = {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let floor = st.recorded_writeback;
+            if st.shadowed.len() as u64 > st.geo.nr_cache_blocks() {
+                st.shadowed.retain(|_, id| *id > floor);
+            }
+            let clear = (first..last).all(|b| {
+                st.index.lookup(b).is_none() && st.shadowed.get(&b).is_none_or(|&id| id <= floor)
+            });
+            if clear {
+                for b in first..last {
+                    st.shadowed.remove(&b);
+                    // A read that began earlier must not stage what it read: it may be older.
+                    st.staging.remove(&b);
+                    *st.bypass_inflight.entry(b).or_insert(0) += 1;
+                }
+            }
+            clear
+        };
+        if !clear {
+            // Keep the place in the gate: the log path, in order.
+            let r = self.write_to_log_gated(offset_sectors, data).await;
+            self.gate_exit(ticket);
+            return Some(match r {
+                Ok(id) if fua => self.make_durable(id, true).await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            });
+        }
+        self.gate_exit(ticket);
+        let r = self.write_backing_direct(offset_sectors, data, fua).await;
+        {
+            let mut st = self.st.borrow_mut();
+            for b in first..last {
+                let n = st.bypass_inflight.get_mut(&b).expect("registered above");
+                *n -= 1;
+                if *n == 0 {
+                    st.bypass_inflight.remove(&b);
+                }
+            }
+            st.counters.stat[stat_index(true, false, false, data.len() % BLOCK == 0)] +=
+                last - first;
+            if r.is_ok() {
+                st.counters.bytes_bypassed += data.len() as u64;
+            }
+        }
+        self.notify();
+        Some(r)
     }
 
     /// Drops cached copies of every block the range touches (`partial_too`) or covers fully.
@@ -308,6 +412,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let drop_cb = |st: &mut State, cb: u64| {
             if st.index.dirty(cb) != 0 {
                 st.nr_dirty -= 1;
+            }
+            let id = st.slot_id[st.slot_of_cb(cb) as usize];
+            if id > st.recorded_writeback {
+                let block = st.index.backing_of(cb);
+                let e = st.shadowed.entry(block).or_insert(id);
+                *e = (*e).max(id);
             }
             st.index.remove(cb);
         };
@@ -403,6 +513,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                 }
             }
             return inner.write_around(offset_sectors, data, fua).await;
+        }
+        if let Some(r) = inner.try_bypass(offset_sectors, data, fua).await {
+            return r;
         }
         let id = inner.write_to_log(offset_sectors, data).await?;
         if fua {

@@ -26,6 +26,10 @@ pub struct Swarm {
     pub write_around: bool,
     pub fua_pct: u64,
     pub discard_pct: u64,
+    /// `sequential_cutoff_kib` of the volumes (0: off).
+    pub seq_cutoff_kib: u64,
+    /// Share of writes that continue where the previous write ended (sequential streams).
+    pub seq_pct: u64,
     /// Plant the canary bug (FLUSH without a cache flush) in every volume.
     pub canary: bool,
 }
@@ -51,6 +55,8 @@ impl Swarm {
             write_around: r.chance(8),
             fua_pct: r.range(0, 20),
             discard_pct: r.range(0, 6),
+            seq_cutoff_kib: if r.chance(50) { r.range(1, 32) } else { 0 },
+            seq_pct: r.range(0, 70),
             canary: false,
         }
     }
@@ -76,6 +82,8 @@ struct Ctx {
     failure: RefCell<Option<Failure>>,
     ops_left: Cell<u64>,
     clients_running: Cell<u64>,
+    /// Where the last write ended: the next sequential write starts here.
+    seq_next: Cell<u64>,
 }
 
 impl Ctx {
@@ -147,14 +155,21 @@ async fn client(ctx: Rc<Ctx>, vol: Vol, swarm: Swarm) {
             // Write: whole blocks or any sectors.
             let (s, len) = {
                 let mut r = ctx.world.rng();
-                if r.chance(50) {
+                let (s, len) = if r.chance(50) {
                     let blocks = r.range(1, 16).min(n / 8);
                     ((r.below(n / 8 - blocks + 1)) * 8, blocks * 8)
                 } else {
                     let len = r.range(1, 64).min(n);
                     (r.below(n - len + 1), len)
+                };
+                if r.chance(swarm.seq_pct) {
+                    let next = ctx.seq_next.get();
+                    (if next + len <= n { next } else { 0 }, len)
+                } else {
+                    (s, len)
                 }
             };
+            ctx.seq_next.set(s + len);
             if !ctx.model.borrow().can_write(s, len) {
                 continue;
             }
@@ -202,6 +217,11 @@ async fn client(ctx: Rc<Ctx>, vol: Vol, swarm: Swarm) {
                 ctx.model
                     .borrow_mut()
                     .begin_write(a, b - a, crate::model::UNDEF);
+                if ctx.world.rng().chance(50) {
+                    // Let a sequential stream run over what was discarded (the sequential
+                    // cutoff must not bypass blocks whose old copy replay could map again).
+                    ctx.seq_next.set(a);
+                }
                 trace(&ctx, "discard begin", s, len);
                 let r = vol.discard(s, len).await;
                 trace(&ctx, "discard end", s, len);
@@ -223,8 +243,9 @@ async fn client(ctx: Rc<Ctx>, vol: Vol, swarm: Swarm) {
         } else if pick < 96 {
             let (key, v) = {
                 let mut r = ctx.world.rng();
-                match r.below(5) {
+                match r.below(6) {
                     0 => ("writeback_threshold", r.range(0, 100)),
+                    5 => ("sequential_cutoff_kib", r.range(0, 32)),
                     1 => ("nr_max_batched_writeback", r.range(1, 8)),
                     2 => ("read_cache_threshold", r.range(0, 16)),
                     3 => ("sync_data_interval", r.range(0, 1)),
@@ -270,6 +291,7 @@ fn create(
         write_around_mode: swarm.write_around,
         writeback_threshold,
         read_cache_threshold,
+        sequential_cutoff_kib: swarm.seq_cutoff_kib,
         ..Options::default()
     };
     let mut uuid = [0u8; 16];
@@ -402,6 +424,7 @@ fn run_swarm(world: &World, swarm: &Swarm) -> Result<(), Failure> {
         failure: RefCell::new(None),
         ops_left: Cell::new(0),
         clients_running: Cell::new(0),
+        seq_next: Cell::new(0),
     });
     set_faults(&[&cache, &backing], false);
     let mut vol = create(world, &cache, &backing, swarm, 1)?;

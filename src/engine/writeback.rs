@@ -11,9 +11,11 @@ const MAX_RUN_BLOCKS: u64 = 256;
 /// Device operations in flight per batch: deep enough to keep a slow backing device busy (a
 /// 4 ms device needs hundreds in flight to match the cache).
 const QUEUE_DEPTH: usize = 1024;
-/// Operations started per executor turn: a batch of a thousand I/Os started at once would hold
-/// the thread for a millisecond and show in the foreground's tail latency.
+/// Operations, and bytes, started per executor turn: a batch of a thousand I/Os started at once
+/// would hold the thread for a millisecond and show in the foreground's tail latency (with CPU
+/// copies, as malloc bdevs do, the bytes are what costs).
 const SUBMIT_BURST: usize = 32;
+const SUBMIT_BURST_BYTES: usize = 128 << 10;
 const BACKOFF_MIN_NS: u64 = 1_000_000;
 const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 
@@ -47,11 +49,12 @@ impl WriteSource {
     }
 }
 
-/// Runs `ops` with at most `depth` in flight, starting at most [`SUBMIT_BURST`] per executor
+/// Runs `ops` (each with its size in bytes) with at most `depth` in flight, starting at most
+/// [`SUBMIT_BURST`] operations or [`SUBMIT_BURST_BYTES`] (at least one operation) per executor
 /// turn, and hands each result to `done` in completion order. Every operation runs to completion
 /// (an I/O future is never dropped in flight).
 async fn paced<F: Future>(
-    ops: impl Iterator<Item = F>,
+    ops: impl Iterator<Item = (usize, F)>,
     depth: usize,
     mut done: impl FnMut(F::Output),
 ) {
@@ -60,12 +63,13 @@ async fn paced<F: Future>(
     let mut ops = ops.peekable();
     let mut inflight = FuturesUnordered::new();
     loop {
-        let mut started = 0;
-        while inflight.len() < depth && started < SUBMIT_BURST {
+        let (mut started, mut bytes) = (0, 0);
+        while inflight.len() < depth && started < SUBMIT_BURST && bytes < SUBMIT_BURST_BYTES {
             match ops.next() {
-                Some(op) => {
+                Some((len, op)) => {
                     inflight.push(op);
                     started += 1;
+                    bytes += len;
                 }
                 None => break,
             }
@@ -73,7 +77,8 @@ async fn paced<F: Future>(
         if inflight.is_empty() {
             return;
         }
-        if started == SUBMIT_BURST && ops.peek().is_some() {
+        let budget_spent = started == SUBMIT_BURST || bytes >= SUBMIT_BURST_BYTES;
+        if budget_spent && ops.peek().is_some() {
             // Start the new ones and take what is already done, then let the thread run other
             // work. (A completion seen by this poll's no-op waker is queued inside `inflight`
             // and taken by the next real poll.)
@@ -216,10 +221,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let mut results: Vec<Option<(AlignedBuf, Result<(), crate::device::DeviceError>)>> =
             (0..reads.len()).map(|_| None).collect();
         paced(
-            reads.iter().enumerate().map(|(k, &(_, off))| async move {
-                let mut b = AlignedBuf::for_overwrite(hb);
-                let r = self.cache.read(off, &mut b).await;
-                (k, b, r)
+            reads.iter().enumerate().map(|(k, &(_, off))| {
+                (hb, async move {
+                    let mut b = AlignedBuf::for_overwrite(hb);
+                    let r = self.cache.read(off, &mut b).await;
+                    (k, b, r)
+                })
             }),
             QUEUE_DEPTH,
             |(k, b, r)| results[k] = Some((b, r)),
@@ -325,14 +332,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let mut data_reads: Vec<Option<(AlignedBuf, Result<(), crate::device::DeviceError>)>> =
             (0..runs_to_read.len()).map(|_| None).collect();
         paced(
-            runs_to_read
-                .iter()
-                .enumerate()
-                .map(|(k, &(off, blocks))| async move {
+            runs_to_read.iter().enumerate().map(|(k, &(off, blocks))| {
+                (blocks * BLOCK, async move {
                     let mut buf = AlignedBuf::for_overwrite(blocks * BLOCK);
                     let r = self.cache.read(off, &mut buf).await;
                     (k, buf, r)
-                }),
+                })
+            }),
             QUEUE_DEPTH,
             |(k, b, r)| data_reads[k] = Some((b, r)),
         )
@@ -418,9 +424,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             // Every write runs to completion even after an error.
             let mut first_err = None;
             paced(
-                writes.iter().map(|(off, src)| async move {
+                writes.iter().map(|(off, src)| {
                     let data = src.bytes(bufs);
-                    (self.backing.write(*off, data).await, data.len() as u64)
+                    (data.len(), async move {
+                        (self.backing.write(*off, data).await, data.len() as u64)
+                    })
                 }),
                 QUEUE_DEPTH,
                 |(r, len)| match r {

@@ -606,8 +606,15 @@ fn nvmf_tcp_io_stats_crash_restart_hot_remove_drain(env: &Env) {
 
     // Hot-remove of the backing bdev: the volume goes away cleanly, comes back with its dirty
     // data when the bdev reappears (same file, same UUID).
-    let dirty = u(&stats(env, &sock, "wb0"), "nr_dirty_cache_blocks");
+    let st = stats(env, &sock, "wb0");
+    let dirty = u(&st, "nr_dirty_cache_blocks");
     assert!(dirty > 0);
+    // The engine's buffers must be DMA-able for bdevs that DMA from them (local PCIe NVMe).
+    assert_eq!(
+        st["io_buffers_dma"],
+        serde_json::json!(true),
+        "engine I/O buffers are not DMA-able: {st}"
+    );
     env.rpc_ok(&sock, &["bdev_aio_delete", "AioBacking"]);
     wait_for("wb0 to go away", Duration::from_secs(30), || {
         (!bdev_exists(env, &sock, "wb0")).then_some(())

@@ -15,6 +15,7 @@
 pub(crate) mod ffi;
 
 mod base;
+mod dma;
 mod exec;
 mod json;
 mod rpc;

@@ -104,6 +104,8 @@ pub struct Shared {
     pub cache_bdev: String,
     pub backing_bdev: String,
     pub snapshot: Mutex<Value>,
+    /// The engine's I/O buffers translate for DMA (`spdk_vtophys`), checked at assembly.
+    pub io_buffers_dma: std::sync::atomic::AtomicBool,
 }
 
 /// Count of operations in progress, with waiters for zero.
@@ -266,6 +268,10 @@ pub fn stats_json(shared: &Shared, st: &Status) -> Value {
     m.insert("name".into(), shared.name.clone().into());
     m.insert("cache_bdev".into(), shared.cache_bdev.clone().into());
     m.insert("backing_bdev".into(), shared.backing_bdev.clone().into());
+    m.insert(
+        "io_buffers_dma".into(),
+        shared.io_buffers_dma.load(Ordering::Relaxed).into(),
+    );
     if let Ok(Value::Object(o)) = serde_json::to_value(st) {
         for (k, v) in o {
             if k == "counters" {
@@ -420,6 +426,7 @@ fn prepare(name: &str) -> Result<SendPtr<Vbdev>, (i32, String)> {
         cache_bdev: cfg.cache_bdev.clone(),
         backing_bdev: cfg.backing_bdev.clone(),
         snapshot: Mutex::new(Value::Null),
+        io_buffers_dma: std::sync::atomic::AtomicBool::new(false),
     });
     let vb = Box::new(Vbdev {
         // SAFETY: spdk_bdev is plain C data for which all-zero is the documented initial state.
@@ -516,6 +523,11 @@ fn vol_start(vbp: SendPtr<Vbdev>, opts: CreateOptions) {
         Volume::create(cache, backing, rt.clone(), opts),
         move |r| match r {
             Ok((vol, startup)) => {
+                let dma = super::dma::is_dma_memory(&AlignedBuf::for_overwrite(4096));
+                c2.shared.io_buffers_dma.store(dma, Ordering::Relaxed);
+                if !dma {
+                    wb_warn!("I/O buffers are not DMA-able memory: bdevs that DMA from their buffers (local PCIe NVMe) will fail I/O");
+                }
                 start_pollers(&c2, &vol);
                 let st = vol.status();
                 let size_bytes = vol.size_sectors() * 512;
@@ -1322,11 +1334,15 @@ pub fn on_volume(vbp: SendPtr<Vbdev>, f: impl FnOnce(Option<Rc<VolCtx>>) + Send 
 }
 
 unsafe extern "C" fn module_init() -> i32 {
+    guard("module_init", super::dma::install);
     0
 }
 
 unsafe extern "C" fn module_fini() {
-    guard("module_fini", || with_reg(|r| r.clear()));
+    guard("module_fini", || {
+        with_reg(|r| r.clear());
+        super::dma::stop_freeing();
+    });
 }
 
 unsafe extern "C" fn module_get_ctx_size() -> i32 {

@@ -101,28 +101,95 @@ pub(crate) fn check_range(
     Ok(())
 }
 
-/// A heap buffer whose start is aligned to 4096 bytes (what O_DIRECT and DMA want), built from
-/// safe code: an over-allocated `Vec` and an offset. Dropped buffers go to a small per-thread
-/// pool so that hot paths (segment reads, writeback runs) do not fault in fresh pages each time.
+/// I/O memory that is not the Rust heap: the SPDK glue supplies DMA-able memory
+/// (`spdk_dma_malloc`), which bdevs that DMA from their buffers (local PCIe NVMe) require.
+/// Its start is aligned to [`BUF_ALIGN`]; its contents are unspecified (callers of
+/// [`AlignedBuf::for_overwrite`] overwrite them; [`AlignedBuf::zeroed`] zeroes them).
+pub trait IoMemory {
+    fn bytes(&self) -> &[u8];
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+/// Allocates at least `len` bytes of [`IoMemory`], or `None` (then the heap is used).
+pub type IoMemoryAllocator = fn(usize) -> Option<Box<dyn IoMemory>>;
+
+static IO_MEMORY_ALLOCATOR: std::sync::OnceLock<IoMemoryAllocator> = std::sync::OnceLock::new();
+
+/// Makes every [`AlignedBuf`] of this process come from `alloc` (set once, before any I/O; later
+/// calls are ignored). The engine's own buffers (segments, writeback, headers, records) then
+/// live in that memory.
+pub fn set_io_memory_allocator(alloc: IoMemoryAllocator) {
+    let _ = IO_MEMORY_ALLOCATOR.set(alloc);
+}
+
+enum Storage {
+    /// An over-allocated `Vec` (aligned by an offset).
+    Heap(Vec<u8>),
+    External(Box<dyn IoMemory>),
+}
+
+impl Storage {
+    fn capacity(&self) -> usize {
+        match self {
+            Storage::Heap(v) => v.len(),
+            Storage::External(m) => m.bytes().len(),
+        }
+    }
+}
+
+/// A buffer whose start is aligned to 4096 bytes (what O_DIRECT and DMA want): from the
+/// [`IoMemoryAllocator`] when one is set, else an over-allocated `Vec` and an offset (safe code
+/// either way). Dropped buffers go to a small per-thread pool so that hot paths (segment reads,
+/// writeback runs) do not allocate and fault in fresh pages each time.
 pub struct AlignedBuf {
-    vec: Vec<u8>,
+    storage: Storage,
     off: usize,
     len: usize,
 }
 
 pub const BUF_ALIGN: usize = 4096;
-const POOL_MAX_BUFFERS: usize = 64;
+/// The per-thread pool keeps at most this many buffers, of at most `POOL_MAX_BYTES` each and
+/// `POOL_MAX_TOTAL_BYTES` in all (a writeback batch has up to a thousand buffers in flight; a
+/// pool miss with SPDK's DMA heap costs an allocation and shows in the tail latency).
+const POOL_MAX_BUFFERS: usize = 1024;
 const POOL_MAX_BYTES: usize = 8 << 20;
+const POOL_MAX_TOTAL_BYTES: usize = 64 << 20;
+
+#[derive(Default)]
+struct Pool {
+    bufs: Vec<Storage>,
+    bytes: usize,
+}
 
 thread_local! {
-    static POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static POOL: std::cell::RefCell<Pool> = std::cell::RefCell::new(Pool::default());
 }
 
 impl AlignedBuf {
-    fn from_vec(vec: Vec<u8>, len: usize) -> AlignedBuf {
-        let addr = vec.as_ptr() as usize;
-        let off = (BUF_ALIGN - addr % BUF_ALIGN) % BUF_ALIGN;
-        AlignedBuf { vec, off, len }
+    fn from_storage(storage: Storage, len: usize) -> AlignedBuf {
+        let off = match &storage {
+            Storage::Heap(v) => {
+                let addr = v.as_ptr() as usize;
+                (BUF_ALIGN - addr % BUF_ALIGN) % BUF_ALIGN
+            }
+            Storage::External(m) => {
+                debug_assert_eq!(m.bytes().as_ptr() as usize % BUF_ALIGN, 0);
+                0
+            }
+        };
+        AlignedBuf { storage, off, len }
+    }
+
+    /// Fresh storage for `len` bytes: external memory when an allocator is set and has some.
+    fn new_storage(len: usize) -> Storage {
+        if let Some(alloc) = IO_MEMORY_ALLOCATOR.get() {
+            if let Some(m) = alloc(len.max(1)) {
+                if m.bytes().len() >= len {
+                    return Storage::External(m);
+                }
+            }
+        }
+        Storage::Heap(vec![0u8; len + BUF_ALIGN])
     }
 
     /// A buffer of `len` zero bytes.
@@ -135,15 +202,22 @@ impl AlignedBuf {
     /// A buffer of `len` bytes with unspecified (but initialized) contents, for callers that
     /// overwrite all of it (device reads).
     pub fn for_overwrite(len: usize) -> AlignedBuf {
-        let need = len + BUF_ALIGN;
+        let external = IO_MEMORY_ALLOCATOR.get().is_some();
         let reused = POOL.with(|p| {
             let mut p = p.borrow_mut();
-            let i = p
-                .iter()
-                .position(|v| v.len() >= need && v.len() <= need * 2)?;
-            Some(p.swap_remove(i))
+            let i = p.bufs.iter().position(|s| {
+                let need = match s {
+                    Storage::Heap(_) if external => return false,
+                    Storage::Heap(_) => len + BUF_ALIGN,
+                    Storage::External(_) => len,
+                };
+                s.capacity() >= need && s.capacity() <= need * 2
+            })?;
+            let s = p.bufs.swap_remove(i);
+            p.bytes -= s.capacity();
+            Some(s)
         });
-        AlignedBuf::from_vec(reused.unwrap_or_else(|| vec![0u8; need]), len)
+        AlignedBuf::from_storage(reused.unwrap_or_else(|| Self::new_storage(len)), len)
     }
 
     pub fn len(&self) -> usize {
@@ -157,12 +231,15 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let v = std::mem::take(&mut self.vec);
-        if v.len() <= POOL_MAX_BYTES + BUF_ALIGN && v.len() > BUF_ALIGN {
-            POOL.with(|p| {
+        let s = std::mem::replace(&mut self.storage, Storage::Heap(Vec::new()));
+        let cap = s.capacity();
+        if cap <= POOL_MAX_BYTES + BUF_ALIGN && cap > 0 {
+            // A pool is per OS thread; several SPDK threads may share it, which is fine.
+            let _ = POOL.try_with(|p| {
                 let mut p = p.borrow_mut();
-                if p.len() < POOL_MAX_BUFFERS {
-                    p.push(v);
+                if p.bufs.len() < POOL_MAX_BUFFERS && p.bytes + cap <= POOL_MAX_TOTAL_BYTES {
+                    p.bytes += cap;
+                    p.bufs.push(s);
                 }
             });
         }
@@ -172,13 +249,21 @@ impl Drop for AlignedBuf {
 impl std::ops::Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.vec[self.off..self.off + self.len]
+        let b = match &self.storage {
+            Storage::Heap(v) => &v[..],
+            Storage::External(m) => m.bytes(),
+        };
+        &b[self.off..self.off + self.len]
     }
 }
 
 impl std::ops::DerefMut for AlignedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.vec[self.off..self.off + self.len]
+        let b = match &mut self.storage {
+            Storage::Heap(v) => &mut v[..],
+            Storage::External(m) => m.bytes_mut(),
+        };
+        &mut b[self.off..self.off + self.len]
     }
 }
 

@@ -94,7 +94,31 @@ async fn paced<F: Future>(
     }
 }
 
+type ReadResult = (AlignedBuf, Result<(), crate::device::DeviceError>);
+
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    /// Reads each (device offset, length) of `ranges` from the cache device into a fresh buffer,
+    /// [`paced`] like every device I/O of a batch. Results come in the order of `ranges`.
+    async fn read_cache_ranges(&self, ranges: &[(u64, usize)]) -> Vec<ReadResult> {
+        let mut results: Vec<Option<ReadResult>> = (0..ranges.len()).map(|_| None).collect();
+        paced(
+            ranges.iter().enumerate().map(|(k, &(off, len))| {
+                (len, async move {
+                    let mut b = AlignedBuf::for_overwrite(len);
+                    let r = self.cache.read(off, &mut b).await;
+                    (k, b, r)
+                })
+            }),
+            QUEUE_DEPTH,
+            |(k, b, r)| results[k] = Some((b, r)),
+        )
+        .await;
+        results
+            .into_iter()
+            .map(|r| r.expect("every read completed"))
+            .collect()
+    }
+
     /// Whether a batch should start now.
     fn writeback_wanted(&self, st: &State, now_ns: u64) -> bool {
         if st.shutting_down || st.writeback_in_flight || now_ns < st.writeback_retry_at_ns {
@@ -218,23 +242,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         };
         // First the headers (a block or a few per segment) ...
         let hb = self.st.borrow().geo.header_bytes();
-        let mut results: Vec<Option<(AlignedBuf, Result<(), crate::device::DeviceError>)>> =
-            (0..reads.len()).map(|_| None).collect();
-        paced(
-            reads.iter().enumerate().map(|(k, &(_, off))| {
-                (hb, async move {
-                    let mut b = AlignedBuf::for_overwrite(hb);
-                    let r = self.cache.read(off, &mut b).await;
-                    (k, b, r)
-                })
-            }),
-            QUEUE_DEPTH,
-            |(k, b, r)| results[k] = Some((b, r)),
-        )
-        .await;
-        let results = results
-            .into_iter()
-            .map(|r| r.expect("every read completed"));
+        let header_ranges: Vec<(u64, usize)> = reads.iter().map(|&(_, off)| (off, hb)).collect();
+        let results = self.read_cache_ranges(&header_ranges).await;
         let mut headers = Vec::with_capacity(results.len());
         for (k, (b, r)) in results.into_iter().enumerate() {
             let bad = |op| {
@@ -329,23 +338,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             it.off = (runs_to_read[run].1 - 1) * BLOCK;
             it.buf = run;
         }
-        let mut data_reads: Vec<Option<(AlignedBuf, Result<(), crate::device::DeviceError>)>> =
-            (0..runs_to_read.len()).map(|_| None).collect();
-        paced(
-            runs_to_read.iter().enumerate().map(|(k, &(off, blocks))| {
-                (blocks * BLOCK, async move {
-                    let mut buf = AlignedBuf::for_overwrite(blocks * BLOCK);
-                    let r = self.cache.read(off, &mut buf).await;
-                    (k, buf, r)
-                })
-            }),
-            QUEUE_DEPTH,
-            |(k, b, r)| data_reads[k] = Some((b, r)),
-        )
-        .await;
-        let data_reads = data_reads
-            .into_iter()
-            .map(|r| r.expect("every read completed"));
+        let data_ranges: Vec<(u64, usize)> = runs_to_read
+            .iter()
+            .map(|&(off, blocks)| (off, blocks * BLOCK))
+            .collect();
+        let data_reads = self.read_cache_ranges(&data_ranges).await;
         unpin(self);
         let mut bufs = Vec::with_capacity(data_reads.len());
         let mut first_err = None;

@@ -5,6 +5,14 @@ use super::*;
 use crate::engine::stats::stat_index;
 use crate::engine::stats::ErrorKind;
 
+/// Outcome of the sequential cutoff check.
+enum Cutoff {
+    /// The write went to the backing device; its result.
+    Bypassed(Result<(), IoError>),
+    /// The write goes through the log, holding this gate ticket if the check took one.
+    ToLog { ticket: Option<u64> },
+}
+
 /// Outcome of trying to place one block in the open buffer.
 enum Place {
     /// Applied; the block lives in segment `id`.
@@ -181,13 +189,18 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         Ok(buf)
     }
 
-    /// Writes `data` at `offset_sectors` into the log. Returns the newest segment id touched.
+    /// Writes `data` at `offset_sectors` into the log, in the gate (`ticket`: a place in it the
+    /// caller already holds). Returns the newest segment id touched.
     async fn write_to_log(
         self: &Rc<Self>,
         offset_sectors: u64,
         data: &[u8],
+        ticket: Option<u64>,
     ) -> Result<u64, IoError> {
-        let ticket = self.gate_enter().await;
+        let ticket = match ticket {
+            Some(t) => t,
+            None => self.gate_enter().await,
+        };
         let r = self.write_to_log_gated(offset_sectors, data).await;
         self.gate_exit(ticket);
         r
@@ -308,13 +321,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// Sequential cutoff: once half of the cache blocks are dirty, a write that continues a
     /// sequential stream longer than `sequential_cutoff_kib` goes straight to the backing device,
     /// provided no block it touches has a copy in the log that replay could map (cached, or
-    /// invalidated but not yet recorded written back). `None`: it goes through the log.
-    async fn try_bypass(
+    /// invalidated but not yet recorded written back).
+    async fn sequential_cutoff(
         self: &Rc<Self>,
         offset_sectors: u64,
         data: &[u8],
         fua: bool,
-    ) -> Option<Result<(), IoError>> {
+    ) -> Cutoff {
         let nr_sectors = (data.len() / SECTOR) as u64;
         {
             let mut st = self.st.borrow_mut();
@@ -330,7 +343,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 || st.wseq_run_sectors <= cutoff_sectors
                 || !(st.wseq_bypassing || st.nr_dirty * 2 >= st.geo.nr_cache_blocks())
             {
-                return None;
+                return Cutoff::ToLog { ticket: None };
             }
             st.wseq_bypassing = true;
         }
@@ -351,6 +364,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 st.index.lookup(b).is_none() && st.shadowed.get(&b).is_none_or(|&id| id <= floor)
             });
             if clear {
+                st.count_direct_write(offset_sectors, nr_sectors);
                 for b in first..last {
                     st.shadowed.remove(&b);
                     // A read that began earlier must not stage what it read: it may be older.
@@ -361,14 +375,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             clear
         };
         if !clear {
-            // Keep the place in the gate: the log path, in order.
-            let r = self.write_to_log_gated(offset_sectors, data).await;
-            self.gate_exit(ticket);
-            return Some(match r {
-                Ok(id) if fua => self.make_durable(id, true).await,
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            });
+            // The log path keeps this place in the gate, in order.
+            return Cutoff::ToLog {
+                ticket: Some(ticket),
+            };
         }
         self.gate_exit(ticket);
         let r = self.write_backing_direct(offset_sectors, data, fua).await;
@@ -381,14 +391,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     st.bypass_inflight.remove(&b);
                 }
             }
-            st.counters.stat[stat_index(true, false, false, data.len() % BLOCK == 0)] +=
-                last - first;
             if r.is_ok() {
                 st.counters.bytes_bypassed += data.len() as u64;
             }
         }
         self.notify();
-        Some(r)
+        Cutoff::Bypassed(r)
     }
 
     /// Drops cached copies of every block the range touches (`partial_too`) or covers fully.
@@ -443,6 +451,20 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 }
 
 impl State {
+    /// The hit/miss counters of a write that goes to the backing device instead of the log,
+    /// block by block.
+    fn count_direct_write(&mut self, offset_sectors: u64, nr_sectors: u64) {
+        let spb = SECTORS_PER_BLOCK as u64;
+        let mut s = offset_sectors;
+        let end = offset_sectors + nr_sectors;
+        while s < end {
+            let nr = (spb - s % spb).min(end - s);
+            let hit = self.index.lookup(s / spb).is_some();
+            self.counters.stat[stat_index(true, hit, false, nr == spb)] += 1;
+            s += nr;
+        }
+    }
+
     /// True when the next segment's slot still holds a segment not (recorded) written back.
     pub(super) fn log_full(&self) -> bool {
         let id = self.next_id + self.open.is_some() as u64;
@@ -500,24 +522,17 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             inner.st.borrow_mut().counters.fua_writes += 1;
         }
         if inner.st.borrow().opts.write_around_mode {
-            {
-                let mut st = inner.st.borrow_mut();
-                let spb = SECTORS_PER_BLOCK as u64;
-                let mut s = offset_sectors;
-                let end = offset_sectors + (data.len() / SECTOR) as u64;
-                while s < end {
-                    let nr = (spb - s % spb).min(end - s);
-                    let hit = st.index.lookup(s / spb).is_some();
-                    st.counters.stat[stat_index(true, hit, false, nr == spb)] += 1;
-                    s += nr;
-                }
-            }
+            inner
+                .st
+                .borrow_mut()
+                .count_direct_write(offset_sectors, (data.len() / SECTOR) as u64);
             return inner.write_around(offset_sectors, data, fua).await;
         }
-        if let Some(r) = inner.try_bypass(offset_sectors, data, fua).await {
-            return r;
-        }
-        let id = inner.write_to_log(offset_sectors, data).await?;
+        let ticket = match inner.sequential_cutoff(offset_sectors, data, fua).await {
+            Cutoff::Bypassed(r) => return r,
+            Cutoff::ToLog { ticket } => ticket,
+        };
+        let id = inner.write_to_log(offset_sectors, data, ticket).await?;
         if fua {
             inner.make_durable(id, true).await?;
         }

@@ -186,14 +186,14 @@ impl Exec {
         }
         let mut polls = 0;
         let mut batch = std::mem::take(&mut *self.batch.borrow_mut());
+        // First the tasks that yielded during the previous run, then whatever is ready.
         self.yielded.take_all(&mut batch);
-        while let Some(id) = batch.pop_front() {
-            self.ready.push(id);
-        }
         loop {
-            self.ready.take_all(&mut batch);
             if batch.is_empty() {
-                break;
+                self.ready.take_all(&mut batch);
+                if batch.is_empty() {
+                    break;
+                }
             }
             while let Some(id) = batch.pop_front() {
                 let task = self.tasks.borrow_mut().get_mut(id).and_then(Option::take);

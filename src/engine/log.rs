@@ -204,14 +204,23 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         let mut st = self.st.borrow_mut();
         st.backing_flushed_through = st.backing_flushed_through.max(covers);
+        if !st.backing_unflushed.is_empty() {
+            st.backing_unflushed.retain(|_, n| *n > covers);
+        }
         Ok(())
     }
 
     /// FLUSH: every write completed before this call becomes durable.
     pub(super) async fn flush_all(self: &Rc<Self>) -> Result<(), IoError> {
+        self.st.borrow_mut().counters.flushes += 1;
+        self.make_all_durable().await
+    }
+
+    /// Makes every write completed before this call durable, on the cache device and on the
+    /// backing device (writes that went there directly).
+    pub(super) async fn make_all_durable(self: &Rc<Self>) -> Result<(), IoError> {
         let target = {
-            let mut st = self.st.borrow_mut();
-            st.counters.flushes += 1;
+            let st = self.st.borrow();
             match st.open {
                 Some(o) if o.len > 0 => o.id,
                 _ => st.last_sealed,

@@ -127,6 +127,15 @@ struct State {
     /// write counted up to here is durable. A FLUSH that finds a backing flush in flight
     /// cannot rely on it (it may fail, or have started before this FLUSH's writes).
     backing_flushed_through: u64,
+    /// Blocks written to the backing device by a foreground write (bypass, write-around) that no
+    /// backing flush covers yet, with the `backing_writes_done` count that covers them. Reads do
+    /// not stage such blocks: a staged copy could become durable on the cache while the write
+    /// it copies is still in the backing device's volatile cache, and outlive it after a power
+    /// cut (the old value would come back once the staged copy is evicted).
+    backing_unflushed: HashMap<u64, u64>,
+    /// When `backing_unflushed` would grow past the cache's size it is dropped and no block is
+    /// staged until a backing flush covers this count.
+    backing_unflushed_all_through: u64,
     // Writeback.
     writeback_in_flight: bool,
     writeback_retry_at_ns: u64,
@@ -321,6 +330,11 @@ impl State {
     /// Byte offset of cache block `cb` inside its segment image.
     fn cb_buf_offset(&self, cb: u64) -> usize {
         ((self.geo.header_blocks as u64 + cb % self.dpb()) as usize) * BLOCK
+    }
+    /// True when block `block` may hold backing data that no backing flush made durable.
+    fn backing_block_unflushed(&self, block: u64) -> bool {
+        self.backing_flushed_through < self.backing_unflushed_all_through
+            || self.backing_unflushed.contains_key(&block)
     }
     fn cb_device_offset(&self, cb: u64) -> u64 {
         self.geo

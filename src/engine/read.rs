@@ -36,6 +36,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             if !st.gate.queue.is_empty()
                 || st.index.lookup(block).is_some()
                 || st.bypass_inflight.contains_key(&block)
+                || st.backing_block_unflushed(block)
             {
                 continue;
             }
@@ -167,7 +168,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         }),
                     }
                 }
-                if may_stage && fullsize && cb.is_none() && !st.bypass_inflight.contains_key(&block)
+                if may_stage
+                    && fullsize
+                    && cb.is_none()
+                    && !st.bypass_inflight.contains_key(&block)
+                    && !st.backing_block_unflushed(block)
                 {
                     st.staging.insert(block, token);
                     stage.push(block);

@@ -305,11 +305,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         self.backing_fg_end();
         {
             let mut st = self.st.borrow_mut();
+            // Counted even when it failed: a failed write may have landed in part.
+            st.backing_writes_done += 1;
+            st.note_backing_unflushed(offset_sectors, (data.len() / SECTOR) as u64);
             if let Err(e) = r {
                 st.counters.note_error(ErrorKind::BackingWrite);
                 return Err(IoError::backing(e));
             }
-            st.backing_writes_done += 1;
             st.counters.bytes_written += data.len() as u64;
         }
         if fua {
@@ -451,6 +453,25 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 }
 
 impl State {
+    /// Remembers that the blocks of a foreground backing write completed just now are not
+    /// durable on the backing device until a backing flush that starts after it.
+    fn note_backing_unflushed(&mut self, offset_sectors: u64, nr_sectors: u64) {
+        let spb = SECTORS_PER_BLOCK as u64;
+        let (first, last) = (
+            offset_sectors / spb,
+            (offset_sectors + nr_sectors).div_ceil(spb),
+        );
+        let n = self.backing_writes_done;
+        if self.backing_unflushed.len() as u64 + (last - first) > self.geo.nr_cache_blocks() {
+            self.backing_unflushed.clear();
+            self.backing_unflushed_all_through = n;
+            return;
+        }
+        for b in first..last {
+            self.backing_unflushed.insert(b, n);
+        }
+    }
+
     /// The hit/miss counters of a write that goes to the backing device instead of the log,
     /// block by block.
     fn count_direct_write(&mut self, offset_sectors: u64, nr_sectors: u64) {
@@ -529,7 +550,17 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             return inner.write_around(offset_sectors, data, fua).await;
         }
         let ticket = match inner.sequential_cutoff(offset_sectors, data, fua).await {
-            Cutoff::Bypassed(r) => return r,
+            Cutoff::Bypassed(Ok(())) => return Ok(()),
+            Cutoff::Bypassed(Err(_)) => {
+                // The engine chose the backing device, the user did not: a healthy cache takes
+                // the write instead (the error is counted). The stream starts over, so the next
+                // writes of it go to the log until it is long again.
+                let mut st = inner.st.borrow_mut();
+                st.counters.bypass_retried_in_log += 1;
+                st.wseq_bypassing = false;
+                st.wseq_run_sectors = 0;
+                None
+            }
             Cutoff::ToLog { ticket } => ticket,
         };
         let id = inner.write_to_log(offset_sectors, data, ticket).await?;
@@ -568,8 +599,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         Ok(())
     }
 
-    /// Write-zeroes: zeroes are written through the log like any data (so the usual ordering and
-    /// durability rules hold), in chunks of at most 1 MiB.
+    /// Write-zeroes: zeroes are written like any data (so the usual ordering and durability
+    /// rules hold), in chunks of at most 1 MiB. Each chunk takes its own path (the log, or the
+    /// backing device through the sequential cutoff or write-around), so FUA is not passed to
+    /// the chunks: once all are written, one FLUSH makes every one of them durable wherever it
+    /// went.
     pub async fn write_zeroes(
         &self,
         offset_sectors: u64,
@@ -583,9 +617,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         let end = offset_sectors + nr_sectors;
         while s < end {
             let n = CHUNK_SECTORS.min(end - s);
-            self.write(s, &zeroes[..n as usize * SECTOR], fua && s + n == end)
-                .await?;
+            self.write(s, &zeroes[..n as usize * SECTOR], false).await?;
             s += n;
+        }
+        if fua {
+            self.inner.st.borrow_mut().counters.fua_writes += 1;
+            self.inner.make_all_durable().await?;
         }
         Ok(())
     }

@@ -10,8 +10,8 @@ use super::*;
 use crate::device::DeviceError;
 use crate::format::segment::data_block_crc;
 use crate::format::{
-    DecodeError, Record, SegmentHeader, RECORD_OFFSETS_BYTES, SUPERBLOCK_FLAG_UNBOUND,
-    VERSION_MAJOR, VERSION_MINOR,
+    minor_version_for_flags, DecodeError, Record, SegmentHeader, RECORD_OFFSETS_BYTES,
+    SUPERBLOCK_FLAG_READ_CACHE_ONLY, SUPERBLOCK_FLAG_UNBOUND, VERSION_MAJOR,
 };
 
 const SCAN_QUEUE_DEPTH: usize = 32;
@@ -68,6 +68,9 @@ pub struct LogScan {
     /// Damage that makes the log unsafe to resume (create refuses it).
     pub damage: Option<LogDamage>,
     pub bytes_read: u64,
+    /// Blocks that failed to read (record copies, headers, data being verified): treated as
+    /// missing.
+    pub unreadable_blocks: u64,
 }
 
 impl LogScan {
@@ -116,22 +119,39 @@ pub async fn format_cache<D: BlockDevice>(
     segment_size_kib: u32,
     format_uuid: [u8; 16],
 ) -> Result<Superblock, CreateError> {
+    format_cache_with(cache, backing, segment_size_kib, format_uuid, false).await
+}
+
+/// `format_cache`, for a `write_around_mode` volume when `read_cache_only`
+/// (`SUPERBLOCK_FLAG_READ_CACHE_ONLY`).
+async fn format_cache_with<D: BlockDevice>(
+    cache: &D,
+    backing: Option<&DeviceInfo>,
+    segment_size_kib: u32,
+    format_uuid: [u8; 16],
+    read_cache_only: bool,
+) -> Result<Superblock, CreateError> {
     let cache_info = cache.info();
     let geometry = Geometry::for_device(cache_info.size_bytes, segment_size_kib)
         .map_err(CreateError::Geometry)?;
+    let flags = if backing.is_some() {
+        0
+    } else {
+        SUPERBLOCK_FLAG_UNBOUND
+    } | if read_cache_only {
+        SUPERBLOCK_FLAG_READ_CACHE_ONLY
+    } else {
+        0
+    };
     let sb = Superblock {
         version_major: VERSION_MAJOR,
-        version_minor: VERSION_MINOR,
+        version_minor: minor_version_for_flags(flags),
         format_uuid,
         geometry,
         cache_size_bytes: cache_info.size_bytes,
         backing_size_bytes: backing.map(|b| b.size_bytes).unwrap_or(0),
         backing_uuid: backing.and_then(|b| b.uuid).unwrap_or([0; 16]),
-        flags: if backing.is_some() {
-            0
-        } else {
-            SUPERBLOCK_FLAG_UNBOUND
-        },
+        flags,
     };
     let dev = |source| CreateError::Device {
         base: Base::Cache,
@@ -155,9 +175,18 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
     let nr = geo.nr_segments;
     let hb = geo.header_bytes();
     let mut bytes_read = 0u64;
+    // An unreadable record copy, header or data block is missing, not fatal: the scan goes on
+    // with what reads, and the log's own checks (links, CRCs, the durable floor) decide.
+    let mut unreadable_blocks = 0u64;
     let mut recs = Vec::new();
     for off in RECORD_OFFSETS_BYTES {
-        recs.push(read_at(cache, off, BLOCK).await?);
+        recs.push(match read_at(cache, off, BLOCK).await {
+            Ok(b) => b,
+            Err(_) => {
+                unreadable_blocks += 1;
+                AlignedBuf::zeroed(BLOCK)
+            }
+        });
         bytes_read += BLOCK as u64;
     }
     let record = Record::newest(&[&recs[0], &recs[1]], &sb.format_uuid);
@@ -171,11 +200,16 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
         )
         .await;
         for (s, r) in (slot..end).zip(rs) {
-            let b = r?;
             bytes_read += hb as u64;
-            let h = SegmentHeader::decode(&b, geo.data_blocks_per_segment())
-                .ok()
-                .filter(|h| h.format_uuid == sb.format_uuid && geo.slot_of_id(h.id) == s);
+            let h = match r {
+                Ok(b) => SegmentHeader::decode(&b, geo.data_blocks_per_segment())
+                    .ok()
+                    .filter(|h| h.format_uuid == sb.format_uuid && geo.slot_of_id(h.id) == s),
+                Err(_) => {
+                    unreadable_blocks += geo.header_blocks as u64;
+                    None
+                }
+            };
             headers.push(h);
         }
         slot = end;
@@ -216,11 +250,18 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
             let h = at(id).expect("in chain");
             let slot = geo.slot_of_id(id);
             let len = h.entries.len() * BLOCK;
-            let data = read_at(cache, geo.data_block_offset_bytes(slot, 0), len).await?;
             bytes_read += len as u64;
-            let ok = h.entries.iter().enumerate().all(|(j, e)| {
-                e.valid_bits == 0 || data_block_crc(&data[j * BLOCK..(j + 1) * BLOCK]) == e.data_crc
-            });
+            let ok = match read_at(cache, geo.data_block_offset_bytes(slot, 0), len).await {
+                Ok(data) => h.entries.iter().enumerate().all(|(j, e)| {
+                    e.valid_bits == 0
+                        || data_block_crc(&data[j * BLOCK..(j + 1) * BLOCK]) == e.data_crc
+                }),
+                // Unverifiable: treated like a torn segment (never proven durable).
+                Err(_) => {
+                    unreadable_blocks += h.entries.len() as u64;
+                    false
+                }
+            };
             if !ok {
                 good = id - 1;
                 break;
@@ -287,6 +328,7 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
         stale_slots,
         damage,
         bytes_read,
+        unreadable_blocks,
     })
 }
 
@@ -354,7 +396,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                 });
             }
         }
-        let seg_kib = seg_kib.unwrap_or(crate::format::SEGMENT_SIZE_KIB_DEFAULT);
+        // A re-format of a valid cache (write-around) keeps its segment size.
+        let seg_kib = seg_kib
+            .or(sb.as_ref().map(|s| s.geometry.segment_size_bytes / 1024))
+            .unwrap_or(crate::format::SEGMENT_SIZE_KIB_DEFAULT);
         // An unbound format (bdev_writeboost_format) has an empty log: bind it to this backing
         // device, keeping its geometry and format UUID.
         if let Some(s) = sb
@@ -362,15 +407,39 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             .filter(|s| s.flags & SUPERBLOCK_FLAG_UNBOUND != 0)
         {
             let seg = s.geometry.segment_size_bytes / 1024;
-            let bound = format_cache(&cache, Some(&backing_info), seg, s.format_uuid).await?;
+            let bound = format_cache_with(
+                &cache,
+                Some(&backing_info),
+                seg,
+                s.format_uuid,
+                opts.options.write_around_mode,
+            )
+            .await?;
             return Ok((
                 Volume::assemble(cache, backing, cache_info, backing_info, rt, bound, opts),
                 Startup::Formatted,
             ));
         }
+        let write_around = opts.options.write_around_mode;
+        if sb
+            .as_ref()
+            .is_some_and(|s| s.flags & SUPERBLOCK_FLAG_READ_CACHE_ONLY != 0 && !write_around)
+        {
+            // A write-around volume's log holds only clean staged copies, which its writes may
+            // have made stale on the backing device (the invalidation was in RAM only): the
+            // backing device holds the data, so a write-back volume starts from an empty cache.
+            sb = None;
+        }
         let scan = match &sb {
             Some(s) => {
                 let scan = scan_log(&cache, s).await.map_err(dev)?;
+                if scan.unreadable_blocks > 0 {
+                    tracing::warn!(
+                        blocks = scan.unreadable_blocks,
+                        "writeboost: replay could not read {} metadata or data blocks of the cache; they count as missing",
+                        scan.unreadable_blocks
+                    );
+                }
                 if let Some(damage) = scan.damage.clone() {
                     if !opts.accept_damaged_log {
                         return Err(CreateError::LogDamaged { damage });
@@ -396,7 +465,14 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             Some(sb) => sb,
             None => {
                 startup = Startup::Formatted;
-                format_cache(&cache, Some(&backing_info), seg_kib, opts.new_format_uuid).await?
+                format_cache_with(
+                    &cache,
+                    Some(&backing_info),
+                    seg_kib,
+                    opts.new_format_uuid,
+                    write_around,
+                )
+                .await?
             }
         };
         let vol = Volume::assemble(cache, backing, cache_info, backing_info, rt, sb, opts);
@@ -451,6 +527,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             durability_error_gen: 0,
             backing_writes_done: 0,
             backing_flushed_through: 0,
+            backing_unflushed: HashMap::new(),
+            backing_unflushed_all_through: 0,
             writeback_in_flight: false,
             writeback_retry_at_ns: 0,
             writeback_backoff_ns: 0,

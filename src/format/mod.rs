@@ -9,7 +9,10 @@ pub mod superblock;
 
 pub use record::{Record, RECORD_FLAG_CLEAN_SHUTDOWN};
 pub use segment::{Entry, SegmentHeader, ENTRY_SIZE_BYTES, SEGMENT_HEADER_FIXED_BYTES};
-pub use superblock::{Geometry, Superblock, SUPERBLOCK_FLAG_UNBOUND};
+pub use superblock::{
+    minor_version_for_flags, Geometry, Superblock, SUPERBLOCK_FLAG_READ_CACHE_ONLY,
+    SUPERBLOCK_FLAG_UNBOUND,
+};
 
 /// Size of a cache block (the unit of the index) and of every metadata block.
 pub const BLOCK_SIZE_BYTES: u32 = 4096;
@@ -25,7 +28,9 @@ pub const RECORD_OFFSETS_BYTES: [u64; 2] = [4096, 8192];
 
 /// Format version written by this build. A larger major is refused; a larger minor is read.
 pub const VERSION_MAJOR: u32 = 1;
-pub const VERSION_MINOR: u32 = 0;
+/// The newest minor version this build reads (it writes the lowest one that describes the
+/// superblock: `superblock::minor_version_for_flags`).
+pub const VERSION_MINOR: u32 = 1;
 
 /// Segment size bounds (KiB): a power of two in this range.
 pub const SEGMENT_SIZE_KIB_MIN: u32 = 16;

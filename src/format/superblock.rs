@@ -6,6 +6,21 @@ pub const SUPERBLOCK_MAGIC: u64 = u64::from_le_bytes(*b"WBOOSTSB");
 /// Formatted without a backing device (`bdev_writeboost_format`): the first create records the
 /// backing device's identity and clears this flag. The log of an unbound cache is empty.
 pub const SUPERBLOCK_FLAG_UNBOUND: u32 = 1;
+/// Formatted by a `write_around_mode` volume (defined by minor version 1): the log holds only
+/// clean copies staged by reads, and write-around writes may have made them stale on the backing
+/// device without a trace in the log. A create in write-back mode formats such a cache anew
+/// instead of replaying it.
+pub const SUPERBLOCK_FLAG_READ_CACHE_ONLY: u32 = 2;
+
+/// The lowest minor version that describes a superblock with these flags (older builds can read
+/// everything that carries no newer flag).
+pub fn minor_version_for_flags(flags: u32) -> u32 {
+    if flags & SUPERBLOCK_FLAG_READ_CACHE_ONLY != 0 {
+        1
+    } else {
+        0
+    }
+}
 /// Encoded length; the rest of block 0 is zero.
 pub const SUPERBLOCK_BYTES: usize = 128;
 
@@ -178,7 +193,12 @@ impl Superblock {
         };
         // What this version does not define must be zero: refuse what is not understood.
         check_zero(b, OFF_BACKING_UUID + 16, OFF_CRC, "reserved")?;
-        if get_u32(b, OFF_FLAGS) & !SUPERBLOCK_FLAG_UNBOUND != 0 {
+        let defined = if version_minor >= 1 {
+            SUPERBLOCK_FLAG_UNBOUND | SUPERBLOCK_FLAG_READ_CACHE_ONLY
+        } else {
+            SUPERBLOCK_FLAG_UNBOUND
+        };
+        if get_u32(b, OFF_FLAGS) & !defined != 0 {
             return Err(DecodeError::OutOfRange {
                 field: "flags",
                 value: get_u32(b, OFF_FLAGS) as u64,
@@ -260,6 +280,28 @@ mod tests {
         assert!(matches!(
             Superblock::decode(&sb.encode()),
             Err(DecodeError::VersionTooNew { major: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn read_cache_only_flag_needs_minor_version_1() {
+        let mut sb = sample();
+        sb.flags = SUPERBLOCK_FLAG_READ_CACHE_ONLY;
+        sb.version_minor = minor_version_for_flags(sb.flags);
+        assert_eq!(sb.version_minor, 1);
+        assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
+        sb.version_minor = 0;
+        assert!(matches!(
+            Superblock::decode(&sb.encode()),
+            Err(DecodeError::OutOfRange { field: "flags", .. })
+        ));
+        sb.flags = 0;
+        assert_eq!(minor_version_for_flags(0), 0);
+        assert_eq!(Superblock::decode(&sb.encode()).unwrap(), sb);
+        sb.version_minor = VERSION_MINOR + 1;
+        assert!(matches!(
+            Superblock::decode(&sb.encode()),
+            Err(DecodeError::VersionTooNew { .. })
         ));
     }
 

@@ -613,3 +613,218 @@ fn sequential_cutoff_sends_long_uncached_streams_to_the_backing_device_once_half
     });
     assert_eq!(vol.status().counters.bytes_bypassed, 48 * 4096);
 }
+
+/// Issue 15, defect 2: a write-around volume drops a staged copy only in RAM when it writes the
+/// block; a later create in write-back mode must not map that stale copy again.
+#[test]
+fn write_back_resume_of_a_write_around_cache_never_maps_stale_staged_copies() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    let mut o = CreateOptions::default();
+    o.options.write_around_mode = true;
+    o.options.read_cache_threshold = 8;
+    let (vol, _) = create(&rt, &c, &b, o);
+    let v = vol.clone();
+    run(&rt, async move {
+        v.write(0, &[1u8; 4096], false).await.unwrap();
+        v.flush().await.unwrap();
+        let mut out = vec![0u8; 4096];
+        v.read(0, &mut out).await.unwrap();
+        assert!(out.iter().all(|&x| x == 1));
+        yield_now().await;
+        // The staged copy becomes durable on the cache.
+        v.flush().await.unwrap();
+        v.write(0, &[2u8; 4096], true).await.unwrap();
+        v.shutdown().await.unwrap();
+    });
+    assert!(
+        vol.status().counters.staged_blocks >= 1,
+        "the read did not stage"
+    );
+    drop(vol);
+    let (vol, startup) = create(&rt, &c, &b, CreateOptions::default());
+    let v = vol.clone();
+    let got = run(&rt, async move {
+        let mut out = vec![0u8; 4096];
+        v.read(0, &mut out).await.unwrap();
+        out
+    });
+    assert!(got.iter().all(|&x| x == 2), "stale staged copy read back");
+    assert_eq!(
+        startup,
+        Startup::Formatted,
+        "read-cache-only cache not re-formatted"
+    );
+}
+
+/// A device whose reads of one byte range fail.
+struct FailReads {
+    dev: Rc<MemDevice>,
+    bad: std::ops::Range<u64>,
+}
+impl BlockDevice for FailReads {
+    fn info(&self) -> writeboost::device::DeviceInfo {
+        self.dev.info()
+    }
+    async fn read(&self, o: u64, b: &mut [u8]) -> Result<(), writeboost::device::DeviceError> {
+        if o < self.bad.end && o + b.len() as u64 > self.bad.start {
+            return Err(writeboost::device::DeviceError::Io {
+                op: writeboost::device::DeviceOp::Read,
+                offset_bytes: o,
+                len_bytes: b.len() as u64,
+            });
+        }
+        self.dev.read(o, b).await
+    }
+    async fn write(&self, o: u64, b: &[u8]) -> Result<(), writeboost::device::DeviceError> {
+        self.dev.write(o, b).await
+    }
+    async fn flush(&self) -> Result<(), writeboost::device::DeviceError> {
+        self.dev.flush().await
+    }
+    async fn discard(&self, o: u64, l: u64) -> Result<(), writeboost::device::DeviceError> {
+        self.dev.discard(o, l).await
+    }
+}
+
+/// Issue 15, defect 4: an unreadable header of a slot outside the live log (and an unreadable
+/// record copy) is missing, not fatal: create resumes and every block reads back.
+#[test]
+fn replay_treats_unreadable_headers_and_record_copies_as_missing() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(8, 32);
+    let o = CreateOptions {
+        segment_size_kib: Some(64),
+        ..CreateOptions::default()
+    };
+    let (vol, _) = create(&rt, &c, &b, o.clone());
+    let geo = vol.superblock().geometry;
+    let v = vol.clone();
+    run(&rt, async move {
+        for blk in 0..20u64 {
+            v.write(blk * 8, &[blk as u8 + 1; 4096], false)
+                .await
+                .unwrap();
+        }
+        v.shutdown().await.unwrap();
+    });
+    drop(vol);
+    // The last slot was never written (its header is zero); make its header and the first
+    // record copy unreadable.
+    let last = geo.slot_offset_bytes(geo.nr_segments - 1);
+    for bad in [
+        last..last + 4096,
+        writeboost::format::RECORD_OFFSETS_BYTES[0]
+            ..writeboost::format::RECORD_OFFSETS_BYTES[0] + 4096,
+    ] {
+        let cache = FailReads {
+            dev: c.clone(),
+            bad,
+        };
+        let (vol, startup) = rt
+            .block_on(Volume::create(
+                cache,
+                FailReads {
+                    dev: b.clone(),
+                    bad: 0..0,
+                },
+                rt.clone(),
+                o.clone(),
+            ))
+            .expect("create with one unreadable metadata block");
+        assert_eq!(startup, Startup::Resumed);
+        assert_eq!(vol.status().nr_dirty_cache_blocks, 20);
+        let v = vol.clone();
+        run(&rt, async move {
+            for blk in 0..20u64 {
+                let mut out = vec![0u8; 4096];
+                v.read(blk * 8, &mut out).await.unwrap();
+                assert!(out.iter().all(|&x| x == blk as u8 + 1), "block {blk}");
+            }
+        });
+    }
+}
+
+/// A device whose writes fail while `fail` is set.
+struct FailWrites {
+    dev: Rc<MemDevice>,
+    fail: Rc<std::cell::Cell<bool>>,
+}
+impl BlockDevice for FailWrites {
+    fn info(&self) -> writeboost::device::DeviceInfo {
+        self.dev.info()
+    }
+    async fn read(&self, o: u64, b: &mut [u8]) -> Result<(), writeboost::device::DeviceError> {
+        self.dev.read(o, b).await
+    }
+    async fn write(&self, o: u64, b: &[u8]) -> Result<(), writeboost::device::DeviceError> {
+        if self.fail.get() {
+            return Err(writeboost::device::DeviceError::Io {
+                op: writeboost::device::DeviceOp::Write,
+                offset_bytes: o,
+                len_bytes: b.len() as u64,
+            });
+        }
+        self.dev.write(o, b).await
+    }
+    async fn flush(&self) -> Result<(), writeboost::device::DeviceError> {
+        self.dev.flush().await
+    }
+    async fn discard(&self, o: u64, l: u64) -> Result<(), writeboost::device::DeviceError> {
+        self.dev.discard(o, l).await
+    }
+}
+
+/// Issue 13, item 1: a write the sequential cutoff sent to the backing device that fails there
+/// is written through the log; the host sees success and the data reads back.
+#[test]
+fn bypassed_writes_that_fail_on_the_backing_device_go_through_the_log() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    let fail = Rc::new(std::cell::Cell::new(false));
+    let mut o = CreateOptions::default();
+    o.options.sequential_cutoff_kib = 16;
+    let (cd, bd) = (
+        FailWrites {
+            dev: c.clone(),
+            fail: Rc::new(std::cell::Cell::new(false)),
+        },
+        FailWrites {
+            dev: b.clone(),
+            fail: fail.clone(),
+        },
+    );
+    let r = rt.clone();
+    let vol = rt
+        .block_on(async move { Volume::create(cd, bd, r, o).await })
+        .expect("create")
+        .0;
+    let nr_cache_blocks = vol.status().nr_cache_blocks;
+    let v = vol.clone();
+    let f = fail.clone();
+    let results = run(&rt, async move {
+        // More than half dirty, no stream.
+        for i in 0..nr_cache_blocks * 6 / 10 {
+            v.write(8 * 2 * i, &[1u8; 4096], false).await.unwrap();
+        }
+        f.set(true);
+        let base = 8 * 2 * nr_cache_blocks;
+        let mut results = Vec::new();
+        for i in 0..16u64 {
+            results.push(v.write(base + i * 8, &[7u8; 4096], i % 4 == 3).await);
+        }
+        let mut out = vec![0u8; 16 * 4096];
+        v.read(base, &mut out).await.unwrap();
+        (results, out)
+    });
+    let (results, out) = results;
+    for (i, r) in results.iter().enumerate() {
+        assert!(r.is_ok(), "write {i} failed: {r:?}");
+    }
+    assert!(out.iter().all(|&x| x == 7), "data lost");
+    let st = vol.status().counters;
+    assert!(st.backing_write_errors >= 1, "the cutoff never bypassed");
+    // Writeback may fail on the backing device too; it counts as a backing write error.
+    assert!(st.bypass_retried_in_log >= 1 && st.bypass_retried_in_log <= st.backing_write_errors);
+    assert_eq!(st.bytes_bypassed, 0);
+}

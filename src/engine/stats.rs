@@ -51,6 +51,8 @@ pub struct Counters {
     pub write_waits_for_space: u64,
     /// Bytes of writes that bypassed the cache (sequential cutoff).
     pub bytes_bypassed: u64,
+    /// Bypassed writes that failed on the backing device and were written through the log.
+    pub bypass_retried_in_log: u64,
 }
 
 /// The error counters, by device and operation.

@@ -768,6 +768,13 @@ impl BlockDevice for FailWrites {
         self.dev.write(o, b).await
     }
     async fn flush(&self) -> Result<(), writeboost::device::DeviceError> {
+        if self.fail.get() {
+            return Err(writeboost::device::DeviceError::Io {
+                op: writeboost::device::DeviceOp::Flush,
+                offset_bytes: 0,
+                len_bytes: 0,
+            });
+        }
         self.dev.flush().await
     }
     async fn discard(&self, o: u64, l: u64) -> Result<(), writeboost::device::DeviceError> {
@@ -827,4 +834,98 @@ fn bypassed_writes_that_fail_on_the_backing_device_go_through_the_log() {
     // Writeback may fail on the backing device too; it counts as a backing write error.
     assert!(st.bypass_retried_in_log >= 1 && st.bypass_retried_in_log <= st.backing_write_errors);
     assert_eq!(st.bytes_bypassed, 0);
+}
+
+fn sleep_ms(rt: &LocalRuntime, ms: u64) -> impl std::future::Future<Output = ()> {
+    use writeboost::runtime::Runtime;
+    rt.sleep(ms * 1_000_000)
+}
+
+/// Issue 13, item 2: a cache whose writes and flushes keep failing puts the volume in degraded
+/// state; writes then go to the backing device (a partial write over dirty cached sectors is
+/// widened with the newest data), FLUSH rescues what is only in RAM, reads never return an older
+/// copy, and drop_caches drains what the cache still reads.
+#[test]
+fn a_failing_cache_degrades_the_volume_and_nothing_acknowledged_is_lost() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    let cache_fail = Rc::new(std::cell::Cell::new(false));
+    let mut o = CreateOptions::default();
+    o.options.degraded_error_threshold = 4;
+    let (cd, bd) = (
+        FailWrites {
+            dev: c.clone(),
+            fail: cache_fail.clone(),
+        },
+        FailWrites {
+            dev: b.clone(),
+            fail: Rc::new(std::cell::Cell::new(false)),
+        },
+    );
+    let r = rt.clone();
+    let vol = rt
+        .block_on(async move { Volume::create(cd, bd, r, o).await })
+        .expect("create")
+        .0;
+    let v = vol.clone();
+    let f = cache_fail.clone();
+    let rt2 = rt.clone();
+    run(&rt, async move {
+        for blk in 0..10u64 {
+            v.write(blk * 8, &[1u8; 4096], false).await.unwrap();
+        }
+        v.flush().await.unwrap();
+        for blk in 0..5u64 {
+            v.write(blk * 8, &[2u8; 4096], false).await.unwrap();
+        }
+        f.set(true);
+        // Enough to seal segments whose writes fail.
+        for blk in 10..400u64 {
+            v.write(blk * 8, &[3u8; 4096], false).await.unwrap();
+        }
+        let mut waited = 0;
+        while v.status().state != "degraded" {
+            assert!(
+                waited < 5000,
+                "not degraded after 5 s: {:?}",
+                v.status().counters
+            );
+            sleep_ms(&rt2, 10).await;
+            waited += 10;
+        }
+        // Degraded: a one-sector write over a dirty cached block keeps its other sectors.
+        v.write(0, &[4u8; 512], false).await.unwrap();
+        v.write(500 * 8, &[5u8; 4096], true).await.unwrap();
+        v.flush().await.expect("degraded FLUSH rescues RAM data");
+    });
+    let st = vol.status();
+    assert_eq!(st.state, "degraded");
+    assert!(st.degraded_reason.is_some());
+    assert!(st.counters.rescued_blocks >= 390, "{:?}", st.counters);
+    // The backing device alone holds every write that was not durable on the cache.
+    let snap = b.snapshot();
+    let sector = |s: u64| &snap[(s * 512) as usize..((s + 1) * 512) as usize];
+    assert!(sector(0).iter().all(|&x| x == 4));
+    assert!(
+        (1..8).all(|s| sector(s).iter().all(|&x| x == 2)),
+        "widened write lost sectors"
+    );
+    assert!((8..40).all(|s| sector(s).iter().all(|&x| x == 2)));
+    assert!((80..400 * 8).all(|s| sector(s).iter().all(|&x| x == 3)));
+    assert!((500 * 8..501 * 8).all(|s| sector(s).iter().all(|&x| x == 5)));
+    // Reads give the newest data (blocks 5..10 still from the cache, which reads).
+    let v = vol.clone();
+    run(&rt, async move {
+        let mut out = vec![0u8; 10 * 4096];
+        v.read(0, &mut out).await.unwrap();
+        assert!(out[..512].iter().all(|&x| x == 4));
+        assert!(out[512..5 * 4096].iter().all(|&x| x == 2));
+        assert!(out[5 * 4096..].iter().all(|&x| x == 1));
+        v.drop_caches()
+            .await
+            .expect("drop_caches drains a degraded volume");
+    });
+    assert_eq!(vol.status().nr_dirty_cache_blocks, 0);
+    let snap = b.snapshot();
+    assert!(snap[5 * 4096..10 * 4096].iter().all(|&x| x == 1));
 }

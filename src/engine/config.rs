@@ -64,6 +64,22 @@ pub const TUNABLES: &[Tunable] = &[
         doc: "a write continuing a sequential stream longer than this many KiB goes straight to the backing device if none of its blocks is cached, once half of the cache blocks are dirty and then until the stream breaks (0: off)",
     },
     Tunable {
+        name: "degraded_error_threshold",
+        min: 0,
+        max: 1_000_000,
+        default: 16,
+        dynamic: true,
+        doc: "cache device errors within degraded_error_window_s that put the volume in degraded state (write-through, nothing new cached); a segment write that fails 3 times does too (0: never degrade)",
+    },
+    Tunable {
+        name: "degraded_error_window_s",
+        min: 1,
+        max: 3600,
+        default: 10,
+        dynamic: true,
+        doc: "seconds over which cache device errors are counted for degraded_error_threshold",
+    },
+    Tunable {
         name: "write_around_mode",
         min: 0,
         max: 1,
@@ -96,6 +112,8 @@ pub struct Options {
     pub sync_data_interval: u64,
     pub read_cache_threshold: u64,
     pub sequential_cutoff_kib: u64,
+    pub degraded_error_threshold: u64,
+    pub degraded_error_window_s: u64,
     pub write_around_mode: bool,
 }
 
@@ -108,6 +126,8 @@ impl Default for Options {
             sync_data_interval: 0,
             read_cache_threshold: 0,
             sequential_cutoff_kib: 0,
+            degraded_error_threshold: 0,
+            degraded_error_window_s: 0,
             write_around_mode: false,
         };
         for t in TUNABLES {
@@ -130,6 +150,8 @@ impl Options {
             "sync_data_interval" => self.sync_data_interval = v,
             "read_cache_threshold" => self.read_cache_threshold = v,
             "sequential_cutoff_kib" => self.sequential_cutoff_kib = v,
+            "degraded_error_threshold" => self.degraded_error_threshold = v,
+            "degraded_error_window_s" => self.degraded_error_window_s = v,
             "write_around_mode" => self.write_around_mode = v != 0,
             _ => unreachable!("tunable table and Options disagree on {name}"),
         }
@@ -143,6 +165,8 @@ impl Options {
             "sync_data_interval" => self.sync_data_interval,
             "read_cache_threshold" => self.read_cache_threshold,
             "sequential_cutoff_kib" => self.sequential_cutoff_kib,
+            "degraded_error_threshold" => self.degraded_error_threshold,
+            "degraded_error_window_s" => self.degraded_error_window_s,
             "write_around_mode" => self.write_around_mode as u64,
             _ => return None,
         })

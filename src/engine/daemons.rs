@@ -46,10 +46,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             Err(e) => Err(e),
         };
         if let Err(e) = r {
-            self.st
-                .borrow_mut()
-                .counters
-                .note_error(ErrorKind::CacheWrite);
+            self.note_cache_error(&mut self.st.borrow_mut(), ErrorKind::CacheWrite);
             return Err(IoError::cache(e));
         }
         let mut st = self.st.borrow_mut();
@@ -155,7 +152,16 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         let inner = &self.inner;
         let mut failures = 0;
         loop {
-            inner.flush_all().await?;
+            if let Err(e) = inner.flush_all().await {
+                if !inner.is_degraded() {
+                    return Err(e);
+                }
+                // Degraded: write back whatever the cache can still give, then report.
+                failures += 1;
+                if failures >= DROP_CACHES_MAX_FAILURES {
+                    return Err(e);
+                }
+            }
             if inner.st.borrow().nr_dirty == 0 {
                 return Ok(());
             }

@@ -67,6 +67,10 @@ pub enum IoError {
     Device { base: Base, source: DeviceError },
     #[error("data could not be made durable on the cache device")]
     NotDurable,
+    /// Internal: the volume went degraded while the write waited for log space (the engine
+    /// then writes it through; never returned to a caller).
+    #[error("the volume is degraded")]
+    Degraded,
 }
 
 impl IoError {

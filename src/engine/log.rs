@@ -87,9 +87,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             attempts += 1;
             {
                 let mut st = self.st.borrow_mut();
-                st.counters.note_error(ErrorKind::CacheWrite);
+                self.note_cache_error(&mut st, ErrorKind::CacheWrite);
                 if attempts == SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR {
                     st.durability_error_gen += 1;
+                    // Bounded retries: the volume stops depending on this device. The data
+                    // stays pinned in RAM (and is rescued by FLUSH); the write keeps retrying.
+                    self.enter_degraded(
+                        &mut st,
+                        format!("segment {id} write failed {attempts} times"),
+                    );
                 }
             }
             self.notify();
@@ -149,7 +155,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         st.last_durable = st.last_durable.max(target);
                     }
                     Err(_) => {
-                        st.counters.note_error(ErrorKind::CacheFlush);
+                        this.note_cache_error(&mut st, ErrorKind::CacheFlush);
                         st.durability_error_gen += 1;
                         // Waiters fail; a later FLUSH asks again.
                         st.flush_wanted = st.last_durable;
@@ -216,9 +222,26 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         self.make_all_durable().await
     }
 
+    /// Degraded: what is not durable on the cache goes to the backing device, which is flushed.
+    async fn make_all_durable_degraded(self: &Rc<Self>) -> Result<(), IoError> {
+        self.rescue_undurable().await?;
+        let backing_unflushed = {
+            let st = self.st.borrow();
+            st.backing_flushed_through < st.backing_writes_done
+        };
+        if backing_unflushed {
+            self.flush_backing().await?;
+        }
+        self.bump_progress();
+        Ok(())
+    }
+
     /// Makes every write completed before this call durable, on the cache device and on the
     /// backing device (writes that went there directly).
     pub(super) async fn make_all_durable(self: &Rc<Self>) -> Result<(), IoError> {
+        if self.is_degraded() {
+            return self.make_all_durable_degraded().await;
+        }
         let target = {
             let st = self.st.borrow();
             match st.open {

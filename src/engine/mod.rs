@@ -12,6 +12,7 @@ pub mod index;
 pub mod stats;
 
 mod daemons;
+mod health;
 mod log;
 mod read;
 pub mod replay;
@@ -180,6 +181,7 @@ struct State {
     last_record_ns: u64,
     last_sync_ns: u64,
     gate: Gate,
+    health: health::Health,
     counters: Counters,
 }
 
@@ -225,6 +227,13 @@ pub struct Status {
     pub format_uuid: String,
     pub dram_bytes_per_cache_block: f64,
     pub options: Options,
+    /// `running` or `degraded`.
+    pub state: &'static str,
+    /// Why the volume is degraded.
+    pub degraded_reason: Option<String>,
+    /// The log may hold copies that writes made while degraded superseded on the backing device:
+    /// drain the volume (drop_caches) or re-format the cache before creating it again.
+    pub stale_copies_in_log: bool,
     pub counters: Counters,
 }
 
@@ -414,6 +423,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             format_uuid: crate::format::uuid_to_string(&st.sb.format_uuid),
             dram_bytes_per_cache_block: st.index.dram_bytes_per_block(),
             options: st.opts.clone(),
+            state: if st.health.degraded.is_some() {
+                "degraded"
+            } else {
+                "running"
+            },
+            degraded_reason: st.health.degraded.clone(),
+            stale_copies_in_log: st.health.stale_copies_in_log,
             counters: st.counters.clone(),
         }
     }

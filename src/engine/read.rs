@@ -80,7 +80,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
             st.seq_next_block = last_block + 1;
             let threshold = st.opts.read_cache_threshold;
-            let may_stage = threshold > 0 && st.seq_run_blocks <= threshold;
+            let may_stage =
+                threshold > 0 && st.seq_run_blocks <= threshold && st.health.degraded.is_none();
             st.staging_token += 1;
             token = st.staging_token;
             let mut sector = offset_sectors;
@@ -222,10 +223,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     (Base::Cache, Ok(())) => st.counters.bytes_cache_read += p.len_bytes as u64,
                     (Base::Backing, Ok(())) => st.counters.bytes_backing_read += p.len_bytes as u64,
                     (base, Err(e)) => {
-                        st.counters.note_error(match base {
-                            Base::Cache => ErrorKind::CacheRead,
-                            Base::Backing => ErrorKind::BackingRead,
-                        });
+                        match base {
+                            Base::Cache => self.note_cache_error(&mut st, ErrorKind::CacheRead),
+                            Base::Backing => st.counters.note_error(ErrorKind::BackingRead),
+                        }
                         first_err.get_or_insert(IoError::Device { base, source: e });
                         continue;
                     }

@@ -558,6 +558,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             last_record_ns: now,
             last_sync_ns: now,
             gate: Gate::default(),
+            health: Default::default(),
             counters: Counters::default(),
         };
         Volume {

@@ -53,6 +53,10 @@ pub struct Counters {
     pub bytes_bypassed: u64,
     /// Bypassed writes that failed on the backing device and were written through the log.
     pub bypass_retried_in_log: u64,
+    /// Times the volume went degraded (0 or 1 per run).
+    pub degraded_transitions: u64,
+    /// Dirty blocks not durable on the cache that a degraded FLUSH wrote to the backing device.
+    pub rescued_blocks: u64,
 }
 
 /// The error counters, by device and operation.

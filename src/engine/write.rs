@@ -181,7 +181,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         st.slot_readers[slot as usize] -= 1;
         st.counters.bytes_cache_read += BLOCK as u64;
         if let Err(e) = r {
-            st.counters.note_error(ErrorKind::CacheRead);
+            self.note_cache_error(&mut st, ErrorKind::CacheRead);
             return Err(IoError::cache(e));
         }
         drop(st);
@@ -262,8 +262,14 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         }
                         self.maybe_start_writeback();
                         self.kick_flush();
-                        self.wait_until(|st| st.space_available()).await;
+                        self.wait_until(|st| st.space_available() || st.health.degraded.is_some())
+                            .await;
                         self.st.borrow_mut().space_waiters -= 1;
+                        if self.is_degraded() {
+                            // No space will come from a failing cache: the caller writes the
+                            // whole write through to the backing device instead.
+                            return Err(IoError::Degraded);
+                        }
                     }
                 }
             }
@@ -291,7 +297,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     /// The backing-device half of a write that does not go through the log.
-    async fn write_backing_direct(
+    pub(super) async fn write_backing_direct(
         self: &Rc<Self>,
         offset_sectors: u64,
         data: &[u8],
@@ -474,7 +480,7 @@ impl State {
 
     /// The hit/miss counters of a write that goes to the backing device instead of the log,
     /// block by block.
-    fn count_direct_write(&mut self, offset_sectors: u64, nr_sectors: u64) {
+    pub(super) fn count_direct_write(&mut self, offset_sectors: u64, nr_sectors: u64) {
         let spb = SECTORS_PER_BLOCK as u64;
         let mut s = offset_sectors;
         let end = offset_sectors + nr_sectors;
@@ -542,6 +548,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         if fua {
             inner.st.borrow_mut().counters.fua_writes += 1;
         }
+        if inner.is_degraded() {
+            return inner.write_through(offset_sectors, data, fua).await;
+        }
         if inner.st.borrow().opts.write_around_mode {
             inner
                 .st
@@ -563,7 +572,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             }
             Cutoff::ToLog { ticket } => ticket,
         };
-        let id = inner.write_to_log(offset_sectors, data, ticket).await?;
+        let id = match inner.write_to_log(offset_sectors, data, ticket).await {
+            Ok(id) => id,
+            Err(IoError::Degraded) => return inner.write_through(offset_sectors, data, fua).await,
+            Err(e) => return Err(e),
+        };
         if fua {
             inner.make_durable(id, true).await?;
         }

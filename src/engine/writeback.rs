@@ -124,6 +124,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if st.shutting_down || st.writeback_in_flight || now_ns < st.writeback_retry_at_ns {
             return false;
         }
+        // Degraded write-throughs and FLUSH rescues wait in the gate for writeback to pause.
+        if st.health.degraded.is_some() && !st.gate.queue.is_empty() {
+            return false;
+        }
         let used = st.open.map(|o| o.id).unwrap_or(st.next_id) - 1 - st.last_writeback;
         let free = st.geo.nr_segments.saturating_sub(used);
         // Keep a reserve of free segments so foreground writes rarely wait: room for what the
@@ -261,10 +265,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 .filter(|h| h.id == reads[k].0);
             let Some(h) = header else {
                 unpin(self);
-                self.st
-                    .borrow_mut()
-                    .counters
-                    .note_error(ErrorKind::CacheRead);
+                self.note_cache_error(&mut self.st.borrow_mut(), ErrorKind::CacheRead);
                 return Err(bad(crate::device::DeviceOp::Read));
             };
             headers.push(h);
@@ -286,7 +287,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             for (k, h) in headers.iter().enumerate() {
                 let slot = st.geo.slot_of_id(h.id);
                 for (j, e) in h.entries.iter().enumerate() {
-                    if e.valid_bits == 0 {
+                    // A block being written through (degraded) is newer on its way to the
+                    // backing device: writing the cached copy could land after it.
+                    if e.valid_bits == 0 || st.bypass_inflight.contains_key(&e.backing_block) {
                         continue;
                     }
                     let mut it = Item {
@@ -348,10 +351,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let mut first_err = None;
         for (b, r) in data_reads {
             if let Err(e) = r {
-                self.st
-                    .borrow_mut()
-                    .counters
-                    .note_error(ErrorKind::CacheRead);
+                self.note_cache_error(&mut self.st.borrow_mut(), ErrorKind::CacheRead);
                 first_err.get_or_insert(e);
                 continue;
             }
@@ -467,8 +467,14 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             st.counters.bytes_written_back += bytes;
             st.counters.writeback_batches += 1;
         }
-        // Slots of these segments may be reused only once this is durably recorded.
-        self.write_record(false).await?;
+        // Slots of these segments may be reused only once this is durably recorded. A degraded
+        // volume reuses no slot (it caches nothing new): a record it cannot write does not stop
+        // it from draining what the cache still reads.
+        if let Err(e) = self.write_record(false).await {
+            if !self.is_degraded() {
+                return Err(e);
+            }
+        }
         Ok(bytes)
     }
 }

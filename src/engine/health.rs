@@ -1,0 +1,332 @@
+//! Cache health and the degraded state (DESIGN.md, "Failure semantics").
+//!
+//! Owns: the sliding window of cache device errors, the decision to go degraded (too many errors
+//! in `degraded_error_window_s`, or a segment write that keeps failing), and what a degraded
+//! volume does instead of caching:
+//! - writes go to the backing device (write-through). Cached copies of the blocks stay readable
+//!   until the backing write completes (a read may not return data older than the last completed
+//!   write), then they are dropped. A partial write of a block whose cached copy has dirty sectors
+//!   it does not cover is widened to the whole block with the newest data (read first: if the
+//!   cache cannot give it, the write fails; it never writes an older copy).
+//! - FLUSH (and FUA) first *rescues* every dirty block that is not durable on the cache (from the
+//!   RAM buffers, or read back from the cache device) to the backing device and flushes it, so a
+//!   FLUSH succeeds exactly when every acknowledged write is durable on one of the two devices.
+//! - nothing new is staged or logged; writeback keeps draining what the cache can still read.
+//!
+//! A degraded volume's log may keep copies that the backing device has since superseded
+//! (`stale_copies_in_log`); the volume must be drained (`drop_caches`) or its cache re-formatted
+//! before it is created again (docs/SPDK.md, "Degraded state").
+
+use super::*;
+use crate::engine::stats::ErrorKind;
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// Health of the cache device, as the volume has seen it.
+#[derive(Default)]
+pub(super) struct Health {
+    /// Set once the volume is degraded: why.
+    pub(super) degraded: Option<String>,
+    /// Times (ns) of the cache device errors inside the window.
+    cache_errors: VecDeque<u64>,
+    /// A block was written to the backing device while the log holds a copy that a replay could
+    /// map (it is newer on the backing device than in the log).
+    pub(super) stale_copies_in_log: bool,
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    /// Counts a cache device error (and logs it, rate-limited); enough of them in the window put
+    /// the volume in degraded state.
+    pub(super) fn note_cache_error(&self, st: &mut State, kind: ErrorKind) {
+        st.counters.note_error(kind);
+        let threshold = st.opts.degraded_error_threshold;
+        if threshold == 0 || st.health.degraded.is_some() {
+            return;
+        }
+        let now = self.rt.now_ns();
+        let window = st.opts.degraded_error_window_s * NS_PER_S;
+        let h = &mut st.health;
+        h.cache_errors.push_back(now);
+        while h
+            .cache_errors
+            .front()
+            .is_some_and(|&t| now.saturating_sub(t) > window)
+        {
+            h.cache_errors.pop_front();
+        }
+        if h.cache_errors.len() as u64 >= threshold {
+            let reason = format!(
+                "{} cache device errors within {} s (degraded_error_threshold {})",
+                h.cache_errors.len(),
+                st.opts.degraded_error_window_s,
+                threshold
+            );
+            self.enter_degraded(st, reason);
+        }
+    }
+
+    /// Puts the volume in degraded state (once; logged once). FLUSH/FUA waiting on the cache
+    /// fail: what they wait for did not become durable there.
+    pub(super) fn enter_degraded(&self, st: &mut State, reason: String) {
+        if st.health.degraded.is_some() || st.opts.degraded_error_threshold == 0 {
+            return;
+        }
+        tracing::error!(
+            "writeboost: volume degraded: {reason}; writes go to the backing device, nothing new is cached"
+        );
+        st.health.degraded = Some(reason);
+        st.health.cache_errors.clear();
+        st.staging.clear();
+        st.durability_error_gen += 1;
+        st.counters.degraded_transitions += 1;
+    }
+
+    pub(super) fn is_degraded(&self) -> bool {
+        self.st.borrow().health.degraded.is_some()
+    }
+
+    /// The degraded write path.
+    pub(super) async fn write_through(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<(), IoError> {
+        let spb = SECTORS_PER_BLOCK as u64;
+        let end = offset_sectors + (data.len() / SECTOR) as u64;
+        let (first, last) = (offset_sectors / spb, end.div_ceil(spb));
+        let ticket = self.gate_enter().await;
+        // Overlapping write-throughs, and writeback of the blocks, finish first: two backing
+        // writes of one block in flight could land in either order.
+        self.wait_until(|st| {
+            (first..last).all(|b| !st.bypass_inflight.contains_key(&b))
+                && (!st.writeback_in_flight || (first..last).all(|b| st.index.lookup(b).is_none()))
+        })
+        .await;
+        let widened = self.widen_over_dirty_edges(offset_sectors, data).await;
+        let (w_off, w_data) = match &widened {
+            Ok(Some((o, d))) => (*o, &d[..]),
+            Ok(None) => (offset_sectors, data),
+            Err(e) => {
+                self.gate_exit(ticket);
+                return Err(e.clone());
+            }
+        };
+        {
+            let mut st = self.st.borrow_mut();
+            st.count_direct_write(offset_sectors, (data.len() / SECTOR) as u64);
+            for b in first..last {
+                st.staging.remove(&b);
+                *st.bypass_inflight.entry(b).or_insert(0) += 1;
+            }
+        }
+        self.gate_exit(ticket);
+        let r = self.write_backing_direct(w_off, w_data, fua).await;
+        {
+            let mut st = self.st.borrow_mut();
+            for b in first..last {
+                let n = st.bypass_inflight.get_mut(&b).expect("registered above");
+                *n -= 1;
+                if *n == 0 {
+                    st.bypass_inflight.remove(&b);
+                }
+            }
+        }
+        if r.is_ok() {
+            // The backing device holds the newest data now: drop the cached copies. A replay
+            // could map a copy still in the log over it.
+            let nr = (w_data.len() / SECTOR) as u64;
+            let hazard = {
+                let st = self.st.borrow();
+                (w_off / spb..(w_off + nr).div_ceil(spb)).any(|b| {
+                    st.index.lookup(b).is_some()
+                        || st
+                            .shadowed
+                            .get(&b)
+                            .is_some_and(|&id| id > st.recorded_writeback)
+                })
+            };
+            self.invalidate_range(w_off, nr, true);
+            if hazard {
+                self.st.borrow_mut().health.stale_copies_in_log = true;
+            }
+        } else {
+            self.notify();
+        }
+        r
+    }
+
+    /// A partial write of a block whose cached copy has dirty sectors outside the write would,
+    /// once the copy is dropped, lose them: such edge blocks are read whole (newest data) and the
+    /// write widened to cover them. `None`: nothing to widen.
+    async fn widen_over_dirty_edges(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        data: &[u8],
+    ) -> Result<Option<(u64, Vec<u8>)>, IoError> {
+        let spb = SECTORS_PER_BLOCK as u64;
+        let end = offset_sectors + (data.len() / SECTOR) as u64;
+        // Whether `block`, partly covered by the write, has dirty sectors the write misses.
+        let needs = |block: u64| -> bool {
+            let first = offset_sectors.max(block * spb);
+            let last = end.min((block + 1) * spb);
+            if last - first == spb {
+                return false;
+            }
+            let mask = mask_of((first - block * spb) as u32, (last - first) as u32);
+            let st = self.st.borrow();
+            st.index
+                .lookup(block)
+                .is_some_and(|cb| st.index.dirty(cb) & !mask != 0)
+        };
+        let (first_block, last_block) = (offset_sectors / spb, (end - 1) / spb);
+        let widen_head = needs(first_block);
+        let widen_tail = last_block != first_block && needs(last_block);
+        if !widen_head && !widen_tail {
+            return Ok(None);
+        }
+        let w_first = if widen_head {
+            first_block * spb
+        } else {
+            offset_sectors
+        };
+        let w_end = if widen_tail || (widen_head && last_block == first_block) {
+            (last_block + 1) * spb
+        } else {
+            end
+        };
+        let mut buf = vec![0u8; ((w_end - w_first) as usize) * SECTOR];
+        if widen_head {
+            self.read_into(first_block * spb, &mut buf[..BLOCK]).await?;
+        }
+        if widen_tail {
+            let o = ((last_block * spb - w_first) as usize) * SECTOR;
+            self.read_into(last_block * spb, &mut buf[o..o + BLOCK])
+                .await?;
+        }
+        let o = ((offset_sectors - w_first) as usize) * SECTOR;
+        buf[o..o + data.len()].copy_from_slice(data);
+        Ok(Some((w_first, buf)))
+    }
+
+    /// Degraded FLUSH: every dirty block not durable on the cache (in a RAM buffer, or written
+    /// but not flushed) is written to the backing device from RAM or read back from the cache,
+    /// the backing device is flushed, and the blocks are dropped from the cache. Fails when a
+    /// block can be had from neither.
+    pub(super) async fn rescue_undurable(self: &Rc<Self>) -> Result<(), IoError> {
+        let ticket = self.gate_enter().await;
+        let r = self.rescue_undurable_gated().await;
+        self.gate_exit(ticket);
+        r
+    }
+
+    async fn rescue_undurable_gated(self: &Rc<Self>) -> Result<(), IoError> {
+        self.wait_until(|st| st.bypass_inflight.is_empty() && !st.writeback_in_flight)
+            .await;
+        struct Rescue {
+            block: u64,
+            cb: u64,
+            dirty: u8,
+            data: Option<AlignedBuf>,
+            slot: u64,
+        }
+        let mut items: Vec<Rescue> = Vec::new();
+        {
+            let mut st = self.st.borrow_mut();
+            // The open segment holds acknowledged writes too; sealing starts its (probably
+            // failing) write and keeps its data in RAM.
+            self.seal(&mut st);
+            let dpb = st.dpb();
+            for slot in 0..st.geo.nr_segments {
+                let id = st.slot_id[slot as usize];
+                if id <= st.last_durable || id == 0 {
+                    continue;
+                }
+                for j in 0..st.slot_len[slot as usize] as u64 {
+                    let cb = slot * dpb + j;
+                    let block = st.index.backing_of(cb);
+                    if block == index::NO_BLOCK || st.index.dirty(cb) == 0 {
+                        continue;
+                    }
+                    let data = st.cb_in_ram(cb).map(|b| {
+                        let off = st.cb_buf_offset(cb);
+                        let mut d = AlignedBuf::for_overwrite(BLOCK);
+                        d.copy_from_slice(&st.bufs[b].borrow()[off..off + BLOCK]);
+                        d
+                    });
+                    if data.is_none() {
+                        st.slot_readers[slot as usize] += 1;
+                    }
+                    items.push(Rescue {
+                        block,
+                        cb,
+                        dirty: st.index.dirty(cb),
+                        data,
+                        slot,
+                    });
+                }
+            }
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut first_err = None;
+        for it in &mut items {
+            if it.data.is_some() {
+                continue;
+            }
+            let off = self.st.borrow().cb_device_offset(it.cb);
+            let mut b = AlignedBuf::for_overwrite(BLOCK);
+            let r = self.cache.read(off, &mut b).await;
+            let mut st = self.st.borrow_mut();
+            st.slot_readers[it.slot as usize] -= 1;
+            match r {
+                Ok(()) => it.data = Some(b),
+                Err(e) => {
+                    self.note_cache_error(&mut st, ErrorKind::CacheRead);
+                    first_err.get_or_insert(IoError::cache(e));
+                }
+            }
+        }
+        // Whatever could be read is written, even when something could not.
+        for it in items.iter().filter(|it| it.data.is_some()) {
+            let d = it.data.as_ref().expect("filtered");
+            for (s, n) in runs(it.dirty) {
+                let a = s as usize * SECTOR;
+                let len = n as usize * SECTOR;
+                let off = it.block * BLOCK as u64 + a as u64;
+                if let Err(e) = self.backing.write(off, &d[a..a + len]).await {
+                    self.st
+                        .borrow_mut()
+                        .counters
+                        .note_error(ErrorKind::BackingWrite);
+                    first_err.get_or_insert(IoError::backing(e));
+                }
+            }
+        }
+        if let Err(e) = self.backing.flush().await {
+            self.st
+                .borrow_mut()
+                .counters
+                .note_error(ErrorKind::BackingFlush);
+            return Err(IoError::backing(e));
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        {
+            let mut st = self.st.borrow_mut();
+            for it in &items {
+                if st.index.backing_of(it.cb) == it.block && st.index.dirty(it.cb) != 0 {
+                    st.nr_dirty -= 1;
+                    st.index.remove(it.cb);
+                    st.counters.rescued_blocks += 1;
+                }
+            }
+            // Their segments may still reach the cache (the write is retried) and be replayed.
+            st.health.stale_copies_in_log = true;
+        }
+        self.notify();
+        Ok(())
+    }
+}

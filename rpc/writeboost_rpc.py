@@ -69,6 +69,8 @@ def bdev_writeboost_create(args):
         params["force_format"] = True
     if args.segment_size_kib is not None:
         params["segment_size_kib"] = args.segment_size_kib
+    if args.cpumask is not None:
+        params["cpumask"] = args.cpumask
     params.update(_tunable_params(args))
     _print(args.client.call("bdev_writeboost_create", params))
 
@@ -121,6 +123,10 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help="format the cache even if it holds data (destroys it)")
     p.add_argument("--segment-size-kib", dest="segment_size_kib", type=int,
                    help="segment size when formatting (power of two, 16..4096, default 512)")
+    p.add_argument("--cpumask", dest="cpumask", default=None,
+                   help="cores the volume thread may run on (SPDK cpumask: hex such as 0x2, or a list "
+                        "such as [1]); default: the core of the thread that runs the create "
+                        "(the app thread's core for an RPC or a JSON config)")
     _add_tunables(p, dynamic_only=False)
     p.set_defaults(func=bdev_writeboost_create)
 

@@ -4,6 +4,7 @@
 //! - `vbdev`: the module, the desired-configuration table, assembly/teardown, I/O forwarding.
 //! - `base`: opening and claiming the base bdevs; the engine's `BlockDevice` over them.
 //! - `exec`: the engine's `Runtime` on an SPDK thread (executor, timers, named pollers).
+//! - `cpumask`: where volume threads run (the `cpumask` parameter and its default).
 //! - `rpc`: the `bdev_writeboost_*` JSON-RPC methods; `json`: serde values <-> SPDK JSON.
 //! - `ffi`: logging, thread messages, the panic guard.
 //!
@@ -15,6 +16,7 @@
 pub(crate) mod ffi;
 
 mod base;
+mod cpumask;
 mod dma;
 mod exec;
 mod json;

@@ -233,6 +233,7 @@ const CREATE_KEYS: &[&str] = &[
     "backing_bdev",
     "force_format",
     "segment_size_kib",
+    "cpumask",
 ];
 
 fn create(req: Req, p: Map<String, Value>) {
@@ -244,6 +245,19 @@ fn create(req: Req, p: Map<String, Value>) {
         let backing_bdev = req_str(&p, "backing_bdev")?;
         let force_format = opt_bool(&p, "force_format")?;
         let segment_size_kib = opt_segment_size(&p)?;
+        let cpumask = match p.get("cpumask") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m)) => {
+                super::cpumask::parse(m).map_err(invalid)?;
+                Some(m.clone())
+            }
+            Some(v) => {
+                return Err(invalid(format!(
+                    "parameter 'cpumask' must be a string (an SPDK cpumask such as \"0x1\" or \"[0,1]\"; the application's core mask is {}), got {v}",
+                    super::cpumask::app_core_mask().to_hex()
+                )))
+            }
+        };
         let mut options = Options::default();
         apply_tunables(&p, &mut options, true)?;
         if cache_bdev == backing_bdev {
@@ -262,6 +276,7 @@ fn create(req: Req, p: Map<String, Value>) {
             backing_bdev,
             options,
             segment_size_kib,
+            cpumask,
             force_format,
         })
     })();
@@ -543,6 +558,11 @@ fn gather_stats(req: Req, mut names: Vec<String>, acc: Vec<Value>) {
 fn set_options(req: Req, p: Map<String, Value>) {
     const M: &str = "bdev_writeboost_set_options";
     let r = (|| {
+        if p.contains_key("cpumask") {
+            return Err(invalid(
+                "parameter 'cpumask' can only be set at create (delete the volume and create it again with the new cpumask)".into(),
+            ));
+        }
         check_keys(&p, &["name"], true)?;
         let name = req_str(&p, "name")?;
         let mut opts = with_reg(|r| find(r, &name).map(|e| e.cfg.options.clone()))
@@ -699,8 +719,11 @@ fn format(req: Req, p: Map<String, Value>) {
         );
     }
     let tname = cstring("writeboost_format");
-    // SAFETY: valid name; NULL cpumask = any core.
-    let thread = unsafe { sys::spdk_thread_create(tname.as_ptr(), std::ptr::null()) };
+    // The worker runs on this (app) thread's core, never on a reactor the application may block
+    // (cpumask.rs).
+    let mask = super::cpumask::current_core();
+    // SAFETY: valid name and cpumask (both copied by SPDK).
+    let thread = unsafe { sys::spdk_thread_create(tname.as_ptr(), mask.raw()) };
     if thread.is_null() {
         base.close();
         return reply_error(

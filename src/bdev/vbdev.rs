@@ -64,6 +64,9 @@ pub struct Config {
     pub backing_bdev: String,
     pub options: Options,
     pub segment_size_kib: Option<u32>,
+    /// Where the volume thread runs (an SPDK cpumask string, checked at create); `None`: the
+    /// core of the thread that runs the create (`cpumask.rs`).
+    pub cpumask: Option<String>,
     /// Only for the first assembly after the RPC asked for it; never saved.
     pub force_format: bool,
 }
@@ -106,6 +109,10 @@ pub struct Shared {
     pub snapshot: Mutex<Value>,
     /// The engine's I/O buffers translate for DMA (`spdk_vtophys`), checked at assembly.
     pub io_buffers_dma: std::sync::atomic::AtomicBool,
+    /// The volume thread's cpumask (`0x...`), and the `cpumask` it was created with (`None`:
+    /// the default, the creating thread's core).
+    pub cpumask: String,
+    pub cpumask_requested: Option<String>,
 }
 
 /// Count of operations in progress, with waiters for zero.
@@ -272,10 +279,22 @@ pub fn stats_json(shared: &Shared, st: &Status) -> Value {
         "io_buffers_dma".into(),
         shared.io_buffers_dma.load(Ordering::Relaxed).into(),
     );
+    m.insert("cpumask".into(), shared.cpumask.clone().into());
     if let Ok(Value::Object(o)) = serde_json::to_value(st) {
-        for (k, v) in o {
+        for (k, mut v) in o {
             if k == "counters" {
                 continue;
+            }
+            if k == "options" {
+                if let Value::Object(opts) = &mut v {
+                    opts.insert(
+                        "cpumask".into(),
+                        shared
+                            .cpumask_requested
+                            .clone()
+                            .map_or(Value::Null, Value::from),
+                    );
+                }
             }
             m.insert(k, v);
         }
@@ -413,9 +432,18 @@ fn prepare(name: &str) -> Result<SendPtr<Vbdev>, (i32, String)> {
         backing.close();
         return fail((-libc::EINVAL, msg));
     }
+    let mask = match super::cpumask::for_volume(cfg.cpumask.as_deref()) {
+        Ok(m) => m,
+        Err(msg) => {
+            cache.close();
+            backing.close();
+            return fail((-libc::EINVAL, msg));
+        }
+    };
     let tname = cstring(&format!("writeboost_{}", cfg.name));
-    // SAFETY: valid name (copied by SPDK); NULL cpumask = any core.
-    let thread = unsafe { sys::spdk_thread_create(tname.as_ptr(), std::ptr::null()) };
+    // SAFETY: valid name and cpumask (both copied by SPDK). Never a NULL mask: the thread must
+    // not land on a reactor the application may block (cpumask.rs).
+    let thread = unsafe { sys::spdk_thread_create(tname.as_ptr(), mask.raw()) };
     if thread.is_null() {
         cache.close();
         backing.close();
@@ -427,6 +455,8 @@ fn prepare(name: &str) -> Result<SendPtr<Vbdev>, (i32, String)> {
         backing_bdev: cfg.backing_bdev.clone(),
         snapshot: Mutex::new(Value::Null),
         io_buffers_dma: std::sync::atomic::AtomicBool::new(false),
+        cpumask: mask.to_hex(),
+        cpumask_requested: cfg.cpumask.clone(),
     });
     let vb = Box::new(Vbdev {
         // SAFETY: spdk_bdev is plain C data for which all-zero is the documented initial state.
@@ -1379,6 +1409,9 @@ pub fn create_params_json(c: &Config) -> Value {
     p.insert("backing_bdev".into(), c.backing_bdev.clone().into());
     if let Some(k) = c.segment_size_kib {
         p.insert("segment_size_kib".into(), k.into());
+    }
+    if let Some(m) = &c.cpumask {
+        p.insert("cpumask".into(), m.clone().into());
     }
     if let Ok(Value::Object(o)) = serde_json::to_value(&c.options) {
         p.extend(o);

@@ -2,7 +2,7 @@
 //! the app thread or the volume thread -> reply on the app thread. Every error names the bad
 //! parameter and its allowed range; validation happens before anything changes.
 
-use super::base::{bdev_exists, BaseDesc};
+use super::base::{bdev_exists, BaseDesc, SpdkDevice};
 use super::exec::{Poller, SpdkRt};
 use super::ffi::{app_thread, cstring, current_thread, guard, send_msg, wb_notice, SendPtr};
 use super::json;
@@ -12,7 +12,7 @@ use super::vbdev::{
 use crate::device::BlockDevice;
 use crate::engine::config::TUNABLES;
 use crate::engine::{format_cache, read_superblock, scan_log, Options};
-use crate::format::{Geometry, SEGMENT_SIZE_KIB_MAX, SEGMENT_SIZE_KIB_MIN};
+use crate::format::{DecodeError, Geometry, SEGMENT_SIZE_KIB_MAX, SEGMENT_SIZE_KIB_MIN};
 use serde_json::{Map, Value};
 use std::cell::Cell;
 use std::ffi::CStr;
@@ -141,14 +141,21 @@ fn apply_tunables(
     let mut set = Vec::new();
     for t in TUNABLES {
         let Some(v) = p.get(t.name) else { continue };
+        // A JSON boolean only for flags (range 0..=1): `true` is no number of seconds or %.
+        let flag = t.min == 0 && t.max == 1;
         let value = match v {
-            Value::Bool(b) => *b as u64,
+            Value::Bool(b) if flag => *b as u64,
             Value::Number(n) if n.as_u64().is_some() => n.as_u64().unwrap_or_default(),
             _ => {
+                let kind = if flag {
+                    "true, false, 0 or 1"
+                } else {
+                    "an integer"
+                };
                 return Err(invalid(format!(
-                    "option '{}' must be an integer in {}..={}",
+                    "option '{}' must be {kind} in {}..={} (got {v})",
                     t.name, t.min, t.max
-                )))
+                )));
             }
         };
         opts.set(t.name, value, at_create)
@@ -744,7 +751,7 @@ fn format(req: Req, p: Map<String, Value>) {
             poller: Some(poller),
         })));
         let inflight = Rc::new(Cell::new(0));
-        let Some(dev) = super::base::SpdkDevice::new(handle, rt.clone(), inflight) else {
+        let Some(dev) = SpdkDevice::new(handle, rt.clone(), inflight) else {
             return format_finish(
                 worker,
                 base,
@@ -754,29 +761,8 @@ fn format(req: Req, p: Map<String, Value>) {
         };
         let job = async move {
             let name = dev.info().name;
-            match read_superblock(&dev).await {
-                Err(e) => {
-                    return Err(RpcError(
-                        -libc::EIO,
-                        format!("reading the superblock of '{name}': {e}"),
-                    ))
-                }
-                Ok(Ok(sb)) if !force => {
-                    let scan = scan_log(&dev, &sb).await.map_err(|e| {
-                        RpcError(-libc::EIO, format!("scanning the log of '{name}': {e}"))
-                    })?;
-                    let (blocks, bytes) = scan.dirty_summary();
-                    if blocks > 0 {
-                        return Err(RpcError(
-                            -libc::EBUSY,
-                            format!(
-                                "cache_bdev '{name}' holds {blocks} dirty blocks ({bytes} bytes) of writeboost format {}; write them back first (create the volume, then bdev_writeboost_drop_caches) or pass force",
-                                crate::format::uuid_to_string(&sb.format_uuid)
-                            ),
-                        ));
-                    }
-                }
-                Ok(_) => {}
+            if !force {
+                refuse_unless_safe(&dev, &name).await?;
             }
             // An unbound format: the geometry and a new format UUID now, the backing device's
             // identity at the next create.
@@ -802,6 +788,65 @@ fn format(req: Req, p: Map<String, Value>) {
     });
 }
 handler!(rpc_format, "bdev_writeboost_format", format);
+
+/// Without `force`, the offline `writeboost format`'s rule: an all-zero cache or a writeboost
+/// cache without dirty data may be formatted. Refused: content that is not a writeboost
+/// superblock, a superblock this build cannot decode (newer version, bad checksum: it may hold
+/// dirty data), a log whose scan reports damage (durable segments no replay reaches, a hole:
+/// dirty data the chain does not count), and dirty blocks. Reads only.
+async fn refuse_unless_safe(dev: &SpdkDevice, name: &str) -> Result<(), RpcError> {
+    let sb = match read_superblock(dev).await {
+        Err(e) => {
+            return Err(RpcError(
+                -libc::EIO,
+                format!("reading the superblock of '{name}': {e}; pass force to format anyway"),
+            ))
+        }
+        Ok(Err(DecodeError::Zero)) => return Ok(()),
+        Ok(Err(e @ (DecodeError::BadMagic { .. } | DecodeError::TooShort { .. }))) => {
+            return Err(RpcError(
+                -libc::EINVAL,
+                format!(
+                    "cache_bdev '{name}' holds data that is not a writeboost superblock ({e}); pass force to overwrite it"
+                ),
+            ))
+        }
+        Ok(Err(e)) => {
+            return Err(RpcError(
+                -libc::EINVAL,
+                format!(
+                    "cache_bdev '{name}' holds a writeboost superblock this build cannot read ({e}); it may hold dirty data: write it back first (with a build that reads it, or the offline `writeboost writeback`), or pass force"
+                ),
+            ))
+        }
+        Ok(Ok(sb)) => sb,
+    };
+    let uuid = crate::format::uuid_to_string(&sb.format_uuid);
+    let scan = scan_log(dev, &sb).await.map_err(|e| {
+        RpcError(
+            -libc::EIO,
+            format!("scanning the log of '{name}': {e}; pass force to format anyway"),
+        )
+    })?;
+    if let Some(d) = &scan.damage {
+        return Err(RpcError(
+            -libc::EBUSY,
+            format!(
+                "the log of cache_bdev '{name}' (writeboost format {uuid}) is damaged ({d}) and may hold dirty data that cannot be counted; rescue it first (offline `writeboost writeback --accept-damaged-log`) or pass force"
+            ),
+        ));
+    }
+    let (blocks, bytes) = scan.dirty_summary();
+    if blocks > 0 {
+        return Err(RpcError(
+            -libc::EBUSY,
+            format!(
+                "cache_bdev '{name}' holds {blocks} dirty blocks ({bytes} bytes) of writeboost format {uuid}; write them back first (create the volume, then bdev_writeboost_drop_caches) or pass force"
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Worker thread, in a message: drop the executor and poller, exit, then close on the app thread.
 fn format_finish(

@@ -33,7 +33,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 continue;
             }
             st.staging.remove(&block);
-            if !st.gate.queue.is_empty()
+            if !st.gate.is_empty()
                 || st.index.lookup(block).is_some()
                 || st.bypass_inflight.contains_key(&block)
                 || st.backing_block_unflushed(block)

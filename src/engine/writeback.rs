@@ -125,7 +125,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             return false;
         }
         // Degraded write-throughs and FLUSH rescues wait in the gate for writeback to pause.
-        if st.health.degraded.is_some() && !st.gate.queue.is_empty() {
+        if st.health.degraded.is_some() && !st.gate.is_empty() {
             return false;
         }
         let used = st.open.map(|o| o.id).unwrap_or(st.next_id) - 1 - st.last_writeback;

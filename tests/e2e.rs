@@ -43,6 +43,18 @@ fn main() {
             "bad_input_gets_clear_errors_and_changes_nothing",
             bad_input_gets_clear_errors_and_changes_nothing,
         ),
+        (
+            "bdevio_conformance_over_aio_files",
+            bdevio_conformance_over_aio_files,
+        ),
+        (
+            "multi_reactor_bdevperf_verify_delete_hot_remove",
+            multi_reactor_bdevperf_verify_delete_hot_remove,
+        ),
+        (
+            "multi_reactor_nvmf_tcp_several_queues_delete_hot_remove",
+            multi_reactor_nvmf_tcp_several_queues_delete_hot_remove,
+        ),
     ];
     let selected: Vec<&Scenario> = scenarios
         .iter()
@@ -267,7 +279,11 @@ fn bdevperf_verify_with_preloaded_module(env: &Env) {
 }
 
 fn stats(env: &Env, sock: &Path, name: &str) -> Value {
-    let v = env.rpc_ok(sock, &["bdev_writeboost_get_stats", "-b", name]);
+    let v = env.call_ok(
+        sock,
+        "bdev_writeboost_get_stats",
+        serde_json::json!({ "name": name }),
+    );
     v.as_array()
         .and_then(|a| a.first())
         .cloned()
@@ -281,7 +297,8 @@ fn u(v: &Value, key: &str) -> u64 {
 }
 
 fn bdev_exists(env: &Env, sock: &Path, name: &str) -> bool {
-    env.rpc(sock, &["bdev_get_bdevs", "-b", name]).is_ok()
+    env.call(sock, "bdev_get_bdevs", serde_json::json!({ "name": name }))
+        .is_ok()
 }
 
 fn wait_bdev(env: &Env, sock: &Path, name: &str) {
@@ -291,32 +308,33 @@ fn wait_bdev(env: &Env, sock: &Path, name: &str) {
 }
 
 fn export_nvmf(env: &Env, sock: &Path, bdev: &str, port: u16) {
-    env.rpc_ok(sock, &["nvmf_create_transport", "-t", "tcp"]);
-    env.rpc_ok(
+    use serde_json::json;
+    env.call_ok(sock, "nvmf_create_transport", json!({"trtype": "tcp"}));
+    env.call_ok(
         sock,
-        &["nvmf_create_subsystem", NQN, "-a", "-s", "WBE2E0000000001"],
+        "nvmf_create_subsystem",
+        json!({"nqn": NQN, "allow_any_host": true, "serial_number": "WBE2E0000000001"}),
     );
-    env.rpc_ok(sock, &["nvmf_subsystem_add_ns", NQN, bdev]);
-    env.rpc_ok(
+    add_ns(env, sock, bdev);
+    env.call_ok(
         sock,
-        &[
-            "nvmf_subsystem_add_listener",
-            NQN,
-            "-t",
-            "tcp",
-            "-a",
-            "127.0.0.1",
-            "-s",
-            &port.to_string(),
-            "-f",
-            "ipv4",
-        ],
+        "nvmf_subsystem_add_listener",
+        json!({"nqn": NQN, "listen_address": {"trtype": "tcp", "adrfam": "ipv4",
+            "traddr": "127.0.0.1", "trsvcid": port.to_string()}}),
+    );
+}
+
+fn add_ns(env: &Env, sock: &Path, bdev: &str) {
+    env.call_ok(
+        sock,
+        "nvmf_subsystem_add_ns",
+        serde_json::json!({"nqn": NQN, "namespace": {"bdev_name": bdev}}),
     );
 }
 
 /// The pollers of one SPDK thread, by name.
 fn thread_pollers(env: &Env, sock: &Path, thread: &str) -> Vec<String> {
-    let v = env.rpc_ok(sock, &["thread_get_pollers"]);
+    let v = env.call_ok(sock, "thread_get_pollers", Value::Null);
     let threads = v["threads"].as_array().cloned().unwrap_or_default();
     let t = threads
         .iter()
@@ -725,27 +743,7 @@ fn bad_input_gets_clear_errors_and_changes_nothing(env: &Env) {
         create(&["-c", "C0", "-d", "B0", "--segment-size-kib", "3"]),
         &["segment_size_kib", "16..=4096"],
     );
-    let raw = |method: &str, params: Value| -> Result<Value, String> {
-        let script = format!(
-            "import sys, json\nsys.path.insert(0, '{}')\nfrom spdk.rpc.client import JSONRPCClient, JSONRPCException\n\
-             c = JSONRPCClient('{}')\ntry:\n    print(json.dumps(c.call('{method}', json.loads(sys.argv[1]))))\n\
-             except JSONRPCException as e:\n    print('ERROR', e.message); sys.exit(1)\n",
-            s(&env.spdk.join("python")),
-            s(&sock)
-        );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .arg(params.to_string())
-            .output()
-            .expect("python3");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        if out.status.success() {
-            Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-        } else {
-            Err(text)
-        }
-    };
+    let raw = |method: &str, params: Value| raw_rpc(env, &sock, method, params);
     let e = raw(
         "bdev_writeboost_create",
         serde_json::json!({"name": "wbx", "cache_bdev": "C0", "backing_bdev": "B0", "bogus": 1}),
@@ -761,6 +759,40 @@ fn bad_input_gets_clear_errors_and_changes_nothing(env: &Env) {
         e.contains("read_cache_threshold") && e.contains("0..=127"),
         "{e}"
     );
+    // A JSON boolean is no number of seconds or percent: only flags (0..=1) take one.
+    for (key, range) in [
+        ("writeback_threshold", "0..=100"),
+        ("update_sb_record_interval", "0..=3600"),
+        ("nr_max_batched_writeback", "1..=256"),
+    ] {
+        let mut p = serde_json::json!({"name": "wbx", "cache_bdev": "C0", "backing_bdev": "B0"});
+        p[key] = Value::Bool(true);
+        let e = raw("bdev_writeboost_create", p).expect_err("boolean tunable accepted");
+        assert!(
+            e.contains(key) && e.contains(range) && e.contains("got true"),
+            "{e}"
+        );
+    }
+    // cpumask: an SPDK cpumask string with a core of this application (core 0 only).
+    call_err(
+        create(&["-c", "C0", "-d", "B0", "--cpumask", "0x2"]),
+        &[
+            "cpumask",
+            "'0x2'",
+            "selects no core",
+            "the application's core mask is 0x1",
+        ],
+    );
+    call_err(
+        create(&["-c", "C0", "-d", "B0", "--cpumask", "zz"]),
+        &["cpumask", "'zz' is not a valid cpumask", "0x1"],
+    );
+    let e = raw(
+        "bdev_writeboost_create",
+        serde_json::json!({"name": "wbx", "cache_bdev": "C0", "backing_bdev": "B0", "cpumask": 1}),
+    )
+    .expect_err("numeric cpumask accepted");
+    assert!(e.contains("'cpumask' must be a string"), "{e}");
     let e = raw(
         "bdev_writeboost_create",
         serde_json::json!({"cache_bdev": "C0", "backing_bdev": "B0"}),
@@ -813,6 +845,7 @@ fn bad_input_gets_clear_errors_and_changes_nothing(env: &Env) {
         env.rpc_ok(&sock, &["bdev_writeboost_get_stats"]),
         Value::Array(vec![])
     );
+    format_refuses_without_force(env, &sock, &junk);
     // A good volume, then its cache paired with another backing device.
     env.rpc_ok(
         &sock,
@@ -845,6 +878,24 @@ fn bad_input_gets_clear_errors_and_changes_nothing(env: &Env) {
     .expect_err("static option changed");
     assert!(
         e.contains("write_around_mode") && e.contains("only be set at create"),
+        "{e}"
+    );
+    let e = raw(
+        "bdev_writeboost_set_options",
+        serde_json::json!({"name": "wb1", "cpumask": "0x1"}),
+    )
+    .expect_err("cpumask changed on a live volume");
+    assert!(
+        e.contains("cpumask") && e.contains("only be set at create"),
+        "{e}"
+    );
+    let e = raw(
+        "bdev_writeboost_set_options",
+        serde_json::json!({"name": "wb1", "read_cache_threshold": false}),
+    )
+    .expect_err("boolean tunable accepted");
+    assert!(
+        e.contains("read_cache_threshold") && e.contains("0..=127") && e.contains("got false"),
         "{e}"
     );
     let e = raw(
@@ -977,4 +1028,602 @@ fn bad_input_gets_clear_errors_and_changes_nothing(env: &Env) {
     assert!(log.contains("volume wb2: formatted a new cache"), "{log}");
     assert!(log.contains("base bdev C0 is being removed"), "{log}");
     assert!(!log.contains("internal error"), "{log}");
+}
+
+/// A JSON-RPC call with arbitrary params (what rpc.py's flags cannot express: unknown keys,
+/// wrong types).
+fn raw_rpc(env: &Env, sock: &Path, method: &str, params: Value) -> Result<Value, String> {
+    env.call(sock, method, params)
+}
+
+/// Every bdevperf job of `bdev` in the final table: (core mask, IOPS, failures/s).
+fn bdevperf_jobs(log: &str, bdev: &str) -> Vec<(String, f64, f64)> {
+    let mut out = Vec::new();
+    let mut mask = None;
+    let head = format!("Job: {bdev} (Core Mask ");
+    for l in log.lines() {
+        let l = l.trim_start_matches('\r').trim();
+        if let Some(rest) = l.strip_prefix(&head) {
+            mask = rest.split([',', ')']).next().map(str::to_string);
+            continue;
+        }
+        let Some((name, rest)) = l.split_once(':') else {
+            continue;
+        };
+        if name.trim() != bdev {
+            continue;
+        }
+        let v: Vec<f64> = rest
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if v.len() >= 4 {
+            if let Some(m) = mask.take() {
+                out.push((m, v[1], v[3]));
+            }
+        }
+    }
+    out
+}
+
+/// The lcore whose reactor runs SPDK thread `name` (`framework_get_reactors`).
+fn thread_lcore(env: &Env, sock: &Path, name: &str) -> Option<u64> {
+    let v = env.call_ok(sock, "framework_get_reactors", Value::Null);
+    v["reactors"].as_array()?.iter().find_map(|r| {
+        r["lw_threads"]
+            .as_array()?
+            .iter()
+            .any(|t| t["name"] == name)
+            .then(|| r["lcore"].as_u64())
+            .flatten()
+    })
+}
+
+/// bdevio, SPDK's bdev conformance suite (23 CUnit tests), against a volume over two aio files,
+/// module preloaded, 3 lcores on 2 CPUs. bdevio blocks its unit-test reactor while the I/O
+/// reactor works: a volume thread placed on the blocked reactor would hang the first test.
+fn bdevio_conformance_over_aio_files(env: &Env) {
+    let bdevio = env.spdk.join("test/bdev/bdevio/bdevio");
+    let tests_py = env.spdk.join("test/bdev/bdevio/tests.py");
+    if !bdevio.is_file() || !tests_py.is_file() {
+        println!(
+            "SKIPPED: bdevio not found at {} (SPDK built without its tests)",
+            s(&bdevio)
+        );
+        return;
+    }
+    let cache = env.scratch.path("cache.img");
+    let backing = env.scratch.path("backing.img");
+    for (p, mib) in [(&cache, 64u64), (&backing, 128)] {
+        std::fs::File::create(p)
+            .and_then(|f| f.set_len(mib << 20))
+            .expect("scratch file");
+    }
+    let cfg = serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_writeboost_create", "params": {
+            "name": "wb0", "cache_bdev": "AioCache", "backing_bdev": "AioBacking"}},
+        {"method": "bdev_aio_create", "params": {
+            "name": "AioCache", "filename": s(&cache), "block_size": 512}},
+        {"method": "bdev_aio_create", "params": {
+            "name": "AioBacking", "filename": s(&backing), "block_size": 512,
+            "uuid": "3c1d2e4f-5a6b-4c7d-8e9f-a0b1c2d3e4f5"}},
+        {"method": "bdev_wait_for_examine"}
+    ]}]});
+    let cfg_path = env.scratch.path("bdevio.json");
+    std::fs::write(&cfg_path, cfg.to_string()).expect("config");
+    let o = AppOpts {
+        cores: &["--lcores", "(0-2)@(0-1)"],
+        preload: true,
+        timeout_secs: Some(300),
+    };
+    let t = match env.try_start_app("bdevio", &bdevio, &o, &["-w", "--json", &s(&cfg_path)]) {
+        Ok(t) => t,
+        Err(e) if e.contains("lcore map and core mask can't be set simultaneously") => {
+            println!(
+                "SKIPPED: {} hard-codes its reactor mask (remove `opts.reactor_mask = \"0x7\";` from test/bdev/bdevio/bdevio.c and rebuild it to run it with --lcores on this machine)",
+                s(&bdevio)
+            );
+            return;
+        }
+        Err(e) => panic!("bdevio did not start: {e}"),
+    };
+    let sock = t.sock.clone();
+    wait_bdev(env, &sock, "wb0");
+    // The volume thread runs on the core of the thread that created it (the app thread's),
+    // not on bdevio's unit-test or I/O reactor.
+    let app_lcore = thread_lcore(env, &sock, "app_thread").expect("app_thread");
+    assert_eq!(
+        thread_lcore(env, &sock, "writeboost_wb0"),
+        Some(app_lcore),
+        "volume thread placement: {}",
+        env.call_ok(&sock, "framework_get_reactors", Value::Null)
+    );
+    let st = stats(env, &sock, "wb0");
+    assert_eq!(st["cpumask"], format!("0x{:x}", 1u64 << app_lcore), "{st}");
+    assert_eq!(st["options"]["cpumask"], Value::Null, "{st}");
+    let out = Command::new("timeout")
+        .args(["-k", "5", "120", "python3"])
+        .arg(&tests_py)
+        .args(["-s", &s(&sock), "-t", "90", "perform_tests"])
+        .env("PYTHONPATH", env.spdk.join("python"))
+        .output()
+        .expect("run tests.py");
+    let rpc_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, log) = env.stop_app(t);
+    assert!(
+        out.status.success(),
+        "bdevio perform_tests failed: {rpc_out}\n{log}"
+    );
+    // CUnit's run summary: "tests  23  23  23  0  0" (total, ran, passed, failed, inactive).
+    let counts: Vec<u64> = log
+        .lines()
+        .find_map(|l| {
+            let l = l.trim();
+            let rest = l.strip_prefix("tests")?;
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (v.len() == 5).then_some(v)
+        })
+        .unwrap_or_else(|| panic!("no CUnit run summary in the bdevio log:\n{log}"));
+    assert_eq!(counts, vec![23, 23, 23, 0, 0], "bdevio results:\n{log}");
+    assert!(log.contains("bdevio tests on: wb0"), "{log}");
+    assert!(log.contains("volume wb0: stopped cleanly"), "{log}");
+    assert!(!log.contains("internal error"), "{log}");
+}
+
+/// A bdevperf config over malloc bases: `(name, cache MiB, backing MiB, cpumask)` per volume,
+/// each create listed before its bases (as save_config writes it).
+fn malloc_volumes_json(vols: &[(&str, u64, u64, Option<&str>)]) -> String {
+    let mut config = Vec::new();
+    for (name, cache_mib, backing_mib, mask) in vols {
+        let mut p = serde_json::json!({"name": name, "cache_bdev": format!("{name}Cache"),
+            "backing_bdev": format!("{name}Backing")});
+        if let Some(m) = mask {
+            p["cpumask"] = Value::String(m.to_string());
+        }
+        config.push(serde_json::json!({"method": "bdev_writeboost_create", "params": p}));
+        for (base, mib) in [("Cache", cache_mib), ("Backing", backing_mib)] {
+            config.push(
+                serde_json::json!({"method": "bdev_malloc_create", "params": {
+                "name": format!("{name}{base}"), "num_blocks": mib * 2048, "block_size": 512}}),
+            );
+        }
+    }
+    config.push(serde_json::json!({"method": "bdev_wait_for_examine"}));
+    serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": config}]}).to_string()
+}
+
+fn malloc_create(env: &Env, sock: &Path, name: &str, mib: u64) {
+    env.call_ok(
+        sock,
+        "bdev_malloc_create",
+        serde_json::json!({"name": name, "num_blocks": mib * 2048, "block_size": 512}),
+    );
+}
+
+/// Starts `bdevperf.py perform_tests` against a bdevperf started with `-z` (in the background).
+fn perform_tests(env: &Env, sock: &Path, log: &Path) -> Proc {
+    let mut c = Command::new("python3");
+    c.arg(env.spdk.join("examples/bdev/bdevperf/bdevperf.py"))
+        .args(["-s", &s(sock), "-t", "120", "perform_tests"])
+        .env("PYTHONPATH", env.spdk.join("python"));
+    spawn("bdevperf.py", c, log)
+}
+
+/// Waits until `vol` has written more than `bytes` (I/O is running).
+fn wait_written(env: &Env, sock: &Path, vol: &str, bytes: u64) {
+    wait_for(&format!("I/O on {vol}"), Duration::from_secs(30), || {
+        (u(&stats(env, sock, vol), "bytes_written") > bytes).then_some(())
+    });
+}
+
+/// Several reactors, in one process (bdevperf with the preloaded module, `-m 0x3`): `-C` verify
+/// with every core submitting to the volume; volume threads placed by default (the app thread's
+/// core) and by `cpumask`; then, while I/O runs from both cores, one volume deleted and the
+/// other's cache bdev hot-removed: every outstanding I/O completes (bdevperf reports no failure),
+/// and the application keeps answering RPC.
+fn multi_reactor_bdevperf_verify_delete_hot_remove(env: &Env) {
+    let bdevperf = env.spdk.join("build/examples/bdevperf");
+    let cfg = s(&env.root.join("configs/bdevperf.json"));
+    let (ok, log) = env.run_app_on(
+        "bdevperf",
+        &bdevperf,
+        "0x3",
+        &[
+            "--json", &cfg, "-T", "wb0", "-C", "-q", "32", "-o", "4096", "-w", "verify", "-t", "3",
+        ],
+        true,
+        Duration::from_secs(120),
+    );
+    assert!(ok, "bdevperf -m 0x3 -C failed:\n{log}");
+    let jobs = bdevperf_jobs(&log, "wb0");
+    let mut masks: Vec<&str> = jobs.iter().map(|j| j.0.as_str()).collect();
+    masks.sort_unstable();
+    assert_eq!(masks, ["0x1", "0x2"], "one job per core expected:\n{log}");
+    for (m, iops, fails) in &jobs {
+        assert!(
+            *iops > 0.0 && *fails == 0.0,
+            "job on {m}: {iops} IOPS, {fails} failures/s:\n{log}"
+        );
+    }
+    assert!(log.contains("volume wb0: stopped cleanly"), "{log}");
+
+    // Two volumes: wb0 placed by default, wb1 by cpumask; bdevperf waits for perform_tests.
+    let cfg2 = env.scratch.path("two_volumes.json");
+    std::fs::write(
+        &cfg2,
+        malloc_volumes_json(&[("wb0", 64, 128, None), ("wb1", 64, 128, Some("0x2"))]),
+    )
+    .expect("config");
+    let o = AppOpts {
+        cores: &["-m", "0x3"],
+        preload: true,
+        timeout_secs: None,
+    };
+    let t = env
+        .try_start_app(
+            "bdevperf-z",
+            &bdevperf,
+            &o,
+            &[
+                "-z",
+                "--json",
+                &s(&cfg2),
+                "-C",
+                "-q",
+                "32",
+                "-o",
+                "4096",
+                "-w",
+                "verify",
+                "-t",
+                "30",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sock = t.sock.clone();
+    wait_bdev(env, &sock, "wb0");
+    wait_bdev(env, &sock, "wb1");
+    let app_lcore = thread_lcore(env, &sock, "app_thread").expect("app_thread");
+    assert_eq!(app_lcore, 0, "the app thread runs on the main core");
+    assert_eq!(thread_lcore(env, &sock, "writeboost_wb0"), Some(0));
+    assert_eq!(thread_lcore(env, &sock, "writeboost_wb1"), Some(1));
+    let (s0, s1) = (stats(env, &sock, "wb0"), stats(env, &sock, "wb1"));
+    assert_eq!(
+        (&s0["cpumask"], &s0["options"]["cpumask"]),
+        (&Value::from("0x1"), &Value::Null),
+        "{s0}"
+    );
+    assert_eq!(
+        (&s1["cpumask"], &s1["options"]["cpumask"]),
+        (&Value::from("0x2"), &Value::from("0x2")),
+        "{s1}"
+    );
+    let b = env.call_ok(&sock, "bdev_get_bdevs", serde_json::json!({"name": "wb1"}));
+    assert_eq!(
+        b[0]["driver_specific"]["writeboost"]["cpumask"], "0x2",
+        "{b}"
+    );
+    // save_config keeps the requested mask (and only that one).
+    // (rpc.py's save_config is framework_get_config of every subsystem.)
+    let saved = env.call_ok(
+        &sock,
+        "framework_get_config",
+        serde_json::json!({"name": "bdev"}),
+    );
+    let creates: Vec<Value> = saved
+        .as_array()
+        .expect("bdev config")
+        .iter()
+        .filter(|c| c["method"] == "bdev_writeboost_create")
+        .map(|c| c["params"].clone())
+        .collect();
+    let find = |n: &str| {
+        creates
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap_or_else(|| panic!("no create of {n} in {saved}"))
+    };
+    assert_eq!(find("wb0").get("cpumask"), None, "{saved}");
+    assert_eq!(find("wb1")["cpumask"], "0x2", "{saved}");
+    // A mask without a core of this application is refused, naming the parameter and the mask.
+    for b in ["XCache", "XBacking"] {
+        malloc_create(env, &sock, b, 32);
+    }
+    env.rpc_err(
+        &sock,
+        &[
+            "bdev_writeboost_create",
+            "-b",
+            "wbx",
+            "-c",
+            "XCache",
+            "-d",
+            "XBacking",
+            "--cpumask",
+            "0x4",
+        ],
+        &["cpumask", "0x4", "selects no core", "core mask is 0x3"],
+    );
+    assert!(!bdev_exists(env, &sock, "wbx"));
+
+    // I/O from both cores on both volumes; then delete wb0 and hot-remove wb1's cache.
+    let pt_log = env.scratch.path("perform_tests.log");
+    let mut pt = perform_tests(env, &sock, &pt_log);
+    wait_written(env, &sock, "wb0", 8 << 20);
+    wait_written(env, &sock, "wb1", 8 << 20);
+    assert_eq!(
+        env.rpc_ok(&sock, &["bdev_writeboost_delete", "wb0"]),
+        Value::Bool(true)
+    );
+    env.call_ok(
+        &sock,
+        "bdev_malloc_delete",
+        serde_json::json!({"name": "wb1Cache"}),
+    );
+    wait_for("wb1 to go away", Duration::from_secs(30), || {
+        (!bdev_exists(env, &sock, "wb1")).then_some(())
+    });
+    let (exited, ok) = pt.wait(Duration::from_secs(60));
+    let pt_text = pt.log_text();
+    assert!(
+        exited && ok,
+        "perform_tests after delete and hot-remove (every outstanding I/O must complete, none fail): {pt_text}\n{}",
+        t.proc.log_tail(40)
+    );
+    // Still answering: wb0 is gone, wb1 waits for its cache.
+    assert_eq!(
+        env.call_ok(&sock, "bdev_writeboost_get_stats", Value::Null),
+        Value::Array(vec![])
+    );
+    env.call_err(
+        &sock,
+        "bdev_writeboost_get_stats",
+        serde_json::json!({"name": "wb1"}),
+        &["waiting for its base bdevs"],
+    );
+    let (_, log) = env.stop_app(t);
+    assert!(log.contains("volume wb0: stopped cleanly"), "{log}");
+    assert!(log.contains("base bdev wb1Cache is being removed"), "{log}");
+    assert!(!log.contains("internal error"), "{log}");
+}
+
+/// bdevperf job file: `jobs` jobs on one core (`mask`), each its own thread, hence its own
+/// NVMe-oF queue pair, each verifying its own range of `Nvme0n1`.
+fn nvme_jobs_file(env: &Env, jobs: u64, mask: &str, range_blocks: u64) -> String {
+    let mut text =
+        format!("[global]\nfilename=Nvme0n1\nbs=4096\niodepth=16\nrw=verify\ncpumask={mask}\n");
+    for j in 0..jobs {
+        text.push_str(&format!(
+            "[job{j}]\noffset={}\nlength={range_blocks}\n",
+            j * range_blocks
+        ));
+    }
+    let p = env.scratch.path(&format!("jobs{jobs}.conf"));
+    std::fs::write(&p, text).expect("job file");
+    s(&p)
+}
+
+/// The NVMe-oF TCP export on two reactors (`-m 0x3`): a host with two queue pairs (two bdevperf
+/// jobs, each its own range) verifies data, and both target poll groups complete I/O; then a
+/// delete and a hot-remove of the backing bdev while the host's I/O runs on both cores: the
+/// target completes every outstanding I/O, keeps answering RPC, and the volume comes back
+/// (resumed) and verifies again.
+fn multi_reactor_nvmf_tcp_several_queues_delete_hot_remove(env: &Env) {
+    let backing = env.scratch.path("backing.img");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(128 << 20))
+        .expect("backing file");
+    let backing_uuid = "1b2c3d4e-5f60-4718-9a2b-3c4d5e6f7a8b";
+    let port = free_port();
+    let init_cfg = env.scratch.path("initiator.json");
+    std::fs::write(&init_cfg, initiator_json(port, NQN)).expect("initiator json");
+    let init_cfg = s(&init_cfg);
+    let bdevperf = env.spdk.join("build/examples/bdevperf");
+
+    let t = env.start_target_on("nvmf-mc", "0x3", &[]);
+    let sock = t.sock.clone();
+    malloc_create(env, &sock, "Cache0", 64);
+    let aio_backing = || {
+        env.call_ok(
+            &sock,
+            "bdev_aio_create",
+            serde_json::json!({"name": "AioBacking", "filename": s(&backing), "block_size": 512,
+                "uuid": backing_uuid}),
+        )
+    };
+    aio_backing();
+    let create = || {
+        env.call_ok(
+            &sock,
+            "bdev_writeboost_create",
+            serde_json::json!({"name": "wb0", "cache_bdev": "Cache0", "backing_bdev": "AioBacking"}),
+        )
+    };
+    create();
+    assert_eq!(thread_lcore(env, &sock, "writeboost_wb0"), Some(0));
+    export_nvmf(env, &sock, "wb0", port);
+    // 32 MiB per job (65536 blocks of 512 bytes).
+    let jobs = nvme_jobs_file(env, 2, "0x2", 65536);
+    let run_verify = |what: &str| {
+        let (ok, log) = env.run_app(
+            "bdevperf",
+            &bdevperf,
+            &["--json", &init_cfg, "-j", &jobs, "-t", "3"],
+            false,
+            Duration::from_secs(120),
+        );
+        assert!(ok, "host verify ({what}) failed:\n{log}");
+        let found = bdevperf_jobs(&log, "Nvme0n1");
+        assert_eq!(found.len(), 2, "two host jobs ({what}):\n{log}");
+        for (m, iops, fails) in found {
+            assert!(
+                iops > 0.0 && fails == 0.0,
+                "host job on {m} ({what}): {iops} IOPS, {fails} failures/s:\n{log}"
+            );
+        }
+    };
+    run_verify("two queue pairs");
+    let nv = env.call_ok(&sock, "nvmf_get_stats", Value::Null);
+    let groups = nv["poll_groups"].as_array().cloned().unwrap_or_default();
+    assert_eq!(groups.len(), 2, "two poll groups: {nv}");
+    for g in &groups {
+        assert!(
+            g["completed_nvme_io"].as_u64().unwrap_or(0) > 0,
+            "every poll group (core) submitted I/O to the volume: {nv}"
+        );
+    }
+    let pollers: Vec<String> = groups
+        .iter()
+        .filter_map(|g| g["name"].as_str().map(String::from))
+        .flat_map(|g| thread_pollers(env, &sock, &g))
+        .collect();
+    assert_eq!(
+        pollers.iter().filter(|p| *p == "wb_complete_wb0").count(),
+        2,
+        "a completion poller on each poll group: {pollers:?}"
+    );
+
+    // Delete while the host's I/O runs on both target cores.
+    let host = |tag: &str| {
+        env.spawn_app(
+            tag,
+            &bdevperf,
+            "0x2",
+            &["--json", &init_cfg, "-j", &jobs, "-t", "30"],
+            false,
+        )
+    };
+    let mut h = host("bdevperf-delete");
+    let base = u(&stats(env, &sock, "wb0"), "bytes_written");
+    wait_written(env, &sock, "wb0", base + (8 << 20));
+    assert_eq!(
+        env.rpc_ok(&sock, &["bdev_writeboost_delete", "wb0"]),
+        Value::Bool(true)
+    );
+    assert!(!bdev_exists(env, &sock, "wb0"));
+    let (exited, _) = h.wait(Duration::from_secs(60));
+    assert!(exited, "host did not finish after the delete");
+    assert_eq!(
+        env.call_ok(&sock, "bdev_writeboost_get_stats", Value::Null),
+        Value::Array(vec![])
+    );
+    assert!(
+        t.proc.log_text().contains("volume wb0: stopped cleanly"),
+        "{}",
+        t.proc.log_tail(30)
+    );
+
+    // Back (resumed from the cache), then hot-remove of the backing bdev under I/O.
+    create();
+    add_ns(env, &sock, "wb0");
+    assert!(
+        t.proc.log_text().contains("volume wb0: resumed"),
+        "{}",
+        t.proc.log_tail(30)
+    );
+    let mut h = host("bdevperf-hot-remove");
+    let base = u(&stats(env, &sock, "wb0"), "bytes_written");
+    wait_written(env, &sock, "wb0", base + (8 << 20));
+    env.call_ok(
+        &sock,
+        "bdev_aio_delete",
+        serde_json::json!({"name": "AioBacking"}),
+    );
+    wait_for("wb0 to go away", Duration::from_secs(30), || {
+        (!bdev_exists(env, &sock, "wb0")).then_some(())
+    });
+    let (exited, _) = h.wait(Duration::from_secs(60));
+    assert!(exited, "host did not finish after the hot-remove");
+    env.call_err(
+        &sock,
+        "bdev_writeboost_get_stats",
+        serde_json::json!({"name": "wb0"}),
+        &["waiting for its base bdevs"],
+    );
+    aio_backing();
+    wait_bdev(env, &sock, "wb0");
+    add_ns(env, &sock, "wb0");
+    run_verify("after delete and hot-remove");
+    let log = env.stop_target(t);
+    assert!(
+        log.contains("base bdev AioBacking is being removed"),
+        "{log}"
+    );
+    assert!(!log.contains("internal error"), "{log}");
+}
+
+/// `bdev_writeboost_format` without `force` refuses what the offline `writeboost format`
+/// refuses, writing nothing: foreign data (the junk bdev `J0`), then a writeboost superblock it
+/// cannot decode (a bad checksum, a newer version); with `force` each is formatted.
+fn format_refuses_without_force(env: &Env, sock: &Path, junk: &Path) {
+    let before = sha(junk);
+    env.rpc_err(
+        sock,
+        &["bdev_writeboost_format", "-c", "J0"],
+        &["not a writeboost superblock", "bad magic", "pass force"],
+    );
+    assert!(sha(junk) == before, "a refused format wrote to the bdev");
+    let format_forced = || {
+        assert_eq!(
+            env.rpc_ok(sock, &["bdev_writeboost_format", "-c", "J0", "--force"]),
+            Value::Bool(true)
+        );
+        let sb = file_bytes(junk, 4096);
+        writeboost::format::Superblock::decode(&sb).expect("a valid superblock after format");
+        sb
+    };
+    let good = format_forced();
+    let bad_checksum = {
+        let mut b = good.clone();
+        b[16] ^= 0x5a; // a format_uuid byte, covered by the CRC
+        b
+    };
+    let newer_version = {
+        let mut b = good.clone();
+        b[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..124]);
+        b[124..128].copy_from_slice(&crc.to_le_bytes());
+        b
+    };
+    for (what, block, needle) in [
+        ("bad checksum", bad_checksum, "checksum mismatch"),
+        ("newer version", newer_version, "newer than this build"),
+    ] {
+        // Rewrite block 0 of the file while no bdev has it open.
+        env.rpc_ok(sock, &["bdev_aio_delete", "J0"]);
+        {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(junk)
+                .expect("open junk file");
+            f.seek(SeekFrom::Start(0)).expect("seek");
+            f.write_all(&block).expect("write superblock");
+            f.sync_all().expect("sync");
+        }
+        env.rpc_ok(sock, &["bdev_aio_create", &s(junk), "J0", "512"]);
+        let before = sha(junk);
+        env.rpc_err(
+            sock,
+            &["bdev_writeboost_format", "-c", "J0"],
+            &[
+                "holds a writeboost superblock this build cannot read",
+                needle,
+                "may hold dirty data",
+                "pass force",
+            ],
+        );
+        assert!(
+            sha(junk) == before,
+            "a refused format ({what}) wrote to the bdev"
+        );
+        format_forced();
+    }
 }

@@ -272,8 +272,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             drop_caches_active: 0,
             space_waiters: 0,
             shutting_down: false,
-            writeback_unsorted: false,
-            canary_skip_cache_flush: false,
+            #[cfg(feature = "test-hooks")]
+            hooks: Hooks::default(),
             backing_fg_inflight: 0,
             backing_busy_since_ns: now,
             backing_busy_ns: 0,

@@ -142,7 +142,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         };
         let this = self.clone();
         self.rt.spawn(Box::pin(async move {
-            let r = if this.st.borrow().canary_skip_cache_flush {
+            let r = if this.st.borrow().skip_cache_flush() {
                 Ok(())
             } else {
                 this.cache.flush().await

@@ -181,11 +181,9 @@ struct State {
     drop_caches_active: u32,
     space_waiters: u32,
     shutting_down: bool,
-    /// Benchmarks only: write back in log order instead of LBA order.
-    writeback_unsorted: bool,
-    /// Tests only: acknowledge FLUSH/FUA without flushing the cache device (a planted bug the
-    /// simulation must catch).
-    canary_skip_cache_flush: bool,
+    /// Test and benchmark hooks (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
+    hooks: Hooks,
     // Backing load, foreground I/O only.
     backing_fg_inflight: u32,
     backing_busy_since_ns: u64,
@@ -219,6 +217,18 @@ struct State {
     gate: Gate,
     health: health::Health,
     counters: Counters,
+}
+
+/// What the simulation and the benchmarks may change (feature `test-hooks`; never in a build
+/// of the product).
+#[cfg(feature = "test-hooks")]
+#[derive(Default)]
+struct Hooks {
+    /// Write back in log order instead of LBA order (what sorting buys).
+    writeback_unsorted: bool,
+    /// Acknowledge FLUSH/FUA without flushing the cache device (a planted bug the simulation
+    /// must catch).
+    skip_cache_flush: bool,
 }
 
 struct Inner<D: BlockDevice, R: Runtime> {
@@ -362,6 +372,18 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 }
 
 impl State {
+    fn skip_cache_flush(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self.hooks.skip_cache_flush;
+        #[cfg(not(feature = "test-hooks"))]
+        false
+    }
+    fn writeback_unsorted(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self.hooks.writeback_unsorted;
+        #[cfg(not(feature = "test-hooks"))]
+        false
+    }
     fn dpb(&self) -> u64 {
         self.geo.data_blocks_per_segment() as u64
     }
@@ -417,15 +439,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     }
 
     /// Canary for the simulation: FLUSH and FUA complete without flushing the cache device.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn plant_bug_skip_cache_flush(&self) {
-        self.inner.st.borrow_mut().canary_skip_cache_flush = true;
+        self.inner.st.borrow_mut().hooks.skip_cache_flush = true;
     }
 
     /// For benchmarks: write back in log order (no LBA sort), to measure what sorting buys.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn set_writeback_unsorted(&self, unsorted: bool) {
-        self.inner.st.borrow_mut().writeback_unsorted = unsorted;
+        self.inner.st.borrow_mut().hooks.writeback_unsorted = unsorted;
     }
 
     pub fn clear_stats(&self) {

@@ -362,7 +362,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             return Err(IoError::cache(e));
         }
         // Sort by backing LBA and coalesce.
-        if self.st.borrow().writeback_unsorted {
+        if self.st.borrow().writeback_unsorted() {
             items.sort_unstable_by_key(|it| it.cb);
         } else {
             items.sort_unstable_by_key(|it| it.block);

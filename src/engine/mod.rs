@@ -12,6 +12,7 @@ pub mod index;
 pub mod stats;
 
 mod create;
+mod cutoff;
 mod daemons;
 mod health;
 mod log;
@@ -19,6 +20,7 @@ mod read;
 pub mod replay;
 mod write;
 mod writeback;
+mod writeback_plan;
 
 pub use config::{ConfigError, Options, Tunable, TUNABLES};
 pub use create::format_cache;

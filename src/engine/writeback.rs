@@ -2,12 +2,11 @@
 //! LBA, contiguous runs coalesced into one write each, the backing device flushed before
 //! `last_writeback_id` advances. Throttled by foreground load on the backing device.
 
+use super::writeback_plan::{coalesce, select, Copy, PlannedWrite};
 use super::*;
 use crate::engine::stats::ErrorKind;
 use crate::format::SegmentHeader;
 
-/// Largest coalesced backing write.
-const MAX_RUN_BLOCKS: u64 = 256;
 /// Device operations in flight per batch: deep enough to keep a slow backing device busy (a
 /// 4 ms device needs hundreds in flight to match the cache).
 const QUEUE_DEPTH: usize = 1024;
@@ -18,17 +17,6 @@ const SUBMIT_BURST: usize = 32;
 const SUBMIT_BURST_BYTES: usize = 128 << 10;
 const BACKOFF_MIN_NS: u64 = 1_000_000;
 const BACKOFF_MAX_NS: u64 = 1_000_000_000;
-
-struct Item {
-    block: u64,
-    cb: u64,
-    dirty: u8,
-    /// Index of the segment read buffer and byte offset in it.
-    buf: usize,
-    off: usize,
-    /// Still the block's current copy: marked clean once written back.
-    current: bool,
-}
 
 /// The bytes of one backing write.
 enum WriteSource {
@@ -277,52 +265,39 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         // time): after a power cut the newer copy may be gone, and replay maps no segment at or
         // below the recorded writeback id. A copy superseded by a durable one, or discarded,
         // is skipped.
-        let mut items: Vec<Item> = Vec::new();
-        {
+        let mut items = {
             let st = self.st.borrow();
             let dpb = st.dpb();
-            // Superseded copies whose newer copy is outside the batch and not durable yet: only
-            // the newest of them per block is written (rare; a small map).
-            let mut superseded: HashMap<u64, Item> = HashMap::new();
-            for (k, h) in headers.iter().enumerate() {
-                let slot = st.geo.slot_of_id(h.id);
-                for (j, e) in h.entries.iter().enumerate() {
-                    // A block being written through (degraded) is newer on its way to the
-                    // backing device: writing the cached copy could land after it.
-                    if e.valid_bits == 0 || st.bypass_inflight.contains_key(&e.backing_block) {
-                        continue;
+            select(
+                &headers,
+                dpb,
+                |h| st.geo.slot_of_id(h),
+                |block, cb| {
+                    // A block being written through (degraded) is newer on its way to the backing
+                    // device: writing the cached copy could land after it.
+                    if st.bypass_inflight.contains_key(&block) {
+                        return Copy::Skip;
                     }
-                    let mut it = Item {
-                        block: e.backing_block,
-                        cb: slot * dpb + j as u64,
-                        dirty: e.dirty_bits,
-                        buf: k,
-                        off: j * BLOCK,
-                        current: false,
-                    };
-                    match st.index.lookup(it.block) {
-                        Some(cb) if cb == it.cb => {
-                            it.dirty = st.index.dirty(cb);
-                            it.current = true;
-                            if it.dirty != 0 {
-                                items.push(it);
-                            }
-                        }
-                        Some(cb) => {
-                            let newer_id = st.slot_id[st.slot_of_cb(cb) as usize];
+                    match st.index.lookup(block) {
+                        Some(c) if c == cb => Copy::Current {
+                            dirty: st.index.dirty(c),
+                        },
+                        Some(c) => {
+                            let newer_id = st.slot_id[st.slot_of_cb(c) as usize];
                             // A newer copy in this batch is written itself; a durable one is safe.
                             let newer_safe = newer_id <= last_id
-                                || (newer_id <= st.last_durable && st.cb_in_ram(cb).is_none());
-                            if !newer_safe && it.dirty != 0 {
-                                superseded.insert(it.block, it);
+                                || (newer_id <= st.last_durable && st.cb_in_ram(c).is_none());
+                            if newer_safe {
+                                Copy::Skip
+                            } else {
+                                Copy::SupersededByUndurable
                             }
                         }
-                        None => {}
+                        None => Copy::Skip,
                     }
-                }
-            }
-            items.extend(superseded.into_values());
-        }
+                },
+            )
+        };
         // ... then the data blocks needed: one read per run of adjacent needed blocks (reading
         // whole segments would copy mostly superseded data).
         items.sort_unstable_by_key(|it| (it.buf, it.off));
@@ -369,50 +344,41 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         // Runs of several full blocks are gathered into one buffer; single blocks and sector runs
         // are written straight from the segment read buffers.
-        let mut writes: Vec<(u64, WriteSource)> = Vec::new();
-        let mut i = 0;
-        while i < items.len() {
-            let it = &items[i];
-            if it.dirty == 0xff {
-                let mut j = i + 1;
-                while j < items.len()
-                    && items[j].dirty == 0xff
-                    && items[j].block == items[j - 1].block + 1
-                    && ((j - i) as u64) < MAX_RUN_BLOCKS
-                {
-                    j += 1;
+        let writes: Vec<(u64, WriteSource)> = coalesce(&items)
+            .into_iter()
+            .map(|w| match w {
+                PlannedWrite::Blocks { first, count: 1 } => {
+                    let it = &items[first];
+                    (
+                        it.block * BLOCK as u64,
+                        WriteSource::Slice {
+                            buf: it.buf,
+                            start: it.off,
+                            len: BLOCK,
+                        },
+                    )
                 }
-                let source = if j == i + 1 {
-                    WriteSource::Slice {
-                        buf: it.buf,
-                        start: it.off,
-                        len: BLOCK,
-                    }
-                } else {
-                    let mut data = AlignedBuf::for_overwrite((j - i) * BLOCK);
-                    for (k, it) in items[i..j].iter().enumerate() {
+                PlannedWrite::Blocks { first, count } => {
+                    let mut data = AlignedBuf::for_overwrite(count * BLOCK);
+                    for (k, it) in items[first..first + count].iter().enumerate() {
                         data[k * BLOCK..(k + 1) * BLOCK]
                             .copy_from_slice(&bufs[it.buf][it.off..it.off + BLOCK]);
                     }
-                    WriteSource::Owned(data)
-                };
-                writes.push((it.block * BLOCK as u64, source));
-                i = j;
-            } else {
-                for (s, n) in runs(it.dirty) {
-                    let source = WriteSource::Slice {
-                        buf: it.buf,
-                        start: it.off + s as usize * SECTOR,
-                        len: n as usize * SECTOR,
-                    };
-                    writes.push((
-                        it.block * BLOCK as u64 + (s as usize * SECTOR) as u64,
-                        source,
-                    ));
+                    (items[first].block * BLOCK as u64, WriteSource::Owned(data))
                 }
-                i += 1;
-            }
-        }
+                PlannedWrite::Sectors { item, first, nr } => {
+                    let it = &items[item];
+                    (
+                        it.block * BLOCK as u64 + (first as usize * SECTOR) as u64,
+                        WriteSource::Slice {
+                            buf: it.buf,
+                            start: it.off + first as usize * SECTOR,
+                            len: nr as usize * SECTOR,
+                        },
+                    )
+                }
+            })
+            .collect();
         let mut bytes = 0u64;
         // A sliding window: a new write starts as soon as one completes, so one slow write
         // does not hold back the others.

@@ -1,0 +1,96 @@
+//! The sequential cutoff (bcache's and OCF's): a long sequential stream of uncached blocks goes
+//! straight to the backing device once half the cache is dirty, when replay could not resurrect
+//! an older copy over it.
+
+use super::*;
+
+/// Outcome of the sequential cutoff check.
+pub(super) enum Cutoff {
+    /// The write went to the backing device; its result.
+    Bypassed(Result<(), IoError>),
+    /// The write goes through the log, holding this gate ticket if the check took one.
+    ToLog { ticket: Option<u64> },
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    /// Sequential cutoff: once half of the cache blocks are dirty, a write that continues a
+    /// sequential stream longer than `sequential_cutoff_kib` goes straight to the backing device,
+    /// provided no block it touches has a copy in the log that replay could map (cached, or
+    /// invalidated but not yet recorded written back).
+    pub(super) async fn sequential_cutoff(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Cutoff {
+        let nr_sectors = (data.len() / SECTOR) as u64;
+        {
+            let mut st = self.st.borrow_mut();
+            if offset_sectors == st.wseq_next_sector {
+                st.wseq_run_sectors += nr_sectors;
+            } else {
+                st.wseq_run_sectors = nr_sectors;
+                st.wseq_bypassing = false;
+            }
+            st.wseq_next_sector = offset_sectors + nr_sectors;
+            let cutoff_sectors = st.opts.sequential_cutoff_kib * 2;
+            if cutoff_sectors == 0
+                || st.wseq_run_sectors <= cutoff_sectors
+                || !(st.wseq_bypassing || st.nr_dirty * 2 >= st.geo.nr_cache_blocks())
+            {
+                return Cutoff::ToLog { ticket: None };
+            }
+            st.wseq_bypassing = true;
+        }
+        let spb = SECTORS_PER_BLOCK as u64;
+        let (first, last) = (
+            offset_sectors / spb,
+            (offset_sectors + nr_sectors).div_ceil(spb),
+        );
+        let ticket = self.gate_enter().await;
+        let clear = {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            let floor = st.recorded_writeback;
+            if st.shadowed.len() as u64 > st.geo.nr_cache_blocks() {
+                st.shadowed.retain(|_, id| *id > floor);
+            }
+            let clear = (first..last).all(|b| {
+                st.index.lookup(b).is_none() && st.shadowed.get(&b).is_none_or(|&id| id <= floor)
+            });
+            if clear {
+                st.count_direct_write(offset_sectors, nr_sectors);
+                for b in first..last {
+                    st.shadowed.remove(&b);
+                    // A read that began earlier must not stage what it read: it may be older.
+                    st.staging.remove(&b);
+                    *st.bypass_inflight.entry(b).or_insert(0) += 1;
+                }
+            }
+            clear
+        };
+        if !clear {
+            // The log path keeps this place in the gate, in order.
+            return Cutoff::ToLog {
+                ticket: Some(ticket),
+            };
+        }
+        self.gate_exit(ticket);
+        let r = self.write_backing_direct(offset_sectors, data, fua).await;
+        {
+            let mut st = self.st.borrow_mut();
+            for b in first..last {
+                let n = st.bypass_inflight.get_mut(&b).expect("registered above");
+                *n -= 1;
+                if *n == 0 {
+                    st.bypass_inflight.remove(&b);
+                }
+            }
+            if r.is_ok() {
+                st.counters.bytes_bypassed += data.len() as u64;
+            }
+        }
+        self.notify();
+        Cutoff::Bypassed(r)
+    }
+}

@@ -547,6 +547,7 @@ fn sequential_cutoff_sends_long_uncached_streams_to_the_backing_device_once_half
     let (c, b) = devs(64, 256);
     let mut o = CreateOptions::default();
     o.options.sequential_cutoff_kib = 64;
+    o.options.sequential_cutoff_min_io_kib = 0;
     let (vol, _) = create(&rt, &c, &b, o);
     let nr_cache_blocks = vol.status().nr_cache_blocks;
     // Less than half dirty: a long stream is cached like any write.
@@ -791,6 +792,7 @@ fn bypassed_writes_that_fail_on_the_backing_device_go_through_the_log() {
     let fail = Rc::new(std::cell::Cell::new(false));
     let mut o = CreateOptions::default();
     o.options.sequential_cutoff_kib = 16;
+    o.options.sequential_cutoff_min_io_kib = 0;
     let (cd, bd) = (
         FailWrites {
             dev: c.clone(),
@@ -928,4 +930,41 @@ fn a_failing_cache_degrades_the_volume_and_nothing_acknowledged_is_lost() {
     assert_eq!(vol.status().nr_dirty_cache_blocks, 0);
     let snap = b.snapshot();
     assert!(snap[5 * 4096..10 * 4096].iter().all(|&x| x == 1));
+}
+
+/// Small writes of a long stream stay in the log (each would cost the backing device a seek;
+/// writeback merges them); writes of at least `sequential_cutoff_min_io_kib` bypass.
+#[test]
+fn the_sequential_cutoff_bypasses_only_large_writes_by_default() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(64, 256);
+    let mut o = CreateOptions::default();
+    o.options.sequential_cutoff_kib = 64;
+    assert_eq!(o.options.sequential_cutoff_min_io_kib, 64);
+    let (vol, _) = create(&rt, &c, &b, o);
+    let n = vol.status().nr_cache_blocks * 6 / 10;
+    let v = vol.clone();
+    run(&rt, async move {
+        for i in 0..n {
+            v.write(8 * 2 * i, &[2u8; 4096], false).await.unwrap();
+        }
+        let base = 8 * 2 * n;
+        for i in 0..64u64 {
+            v.write(base + i * 8, &[3u8; 4096], false).await.unwrap();
+        }
+    });
+    assert_eq!(
+        vol.status().counters.bytes_bypassed,
+        0,
+        "4 KiB writes bypassed"
+    );
+    let v = vol.clone();
+    run(&rt, async move {
+        let base = 8 * 2 * n + 8 * 1024;
+        for i in 0..8u64 {
+            v.write(base + i * 128, &[4u8; 65536], false).await.unwrap();
+        }
+    });
+    // The first 64 KiB of the stream are cached, the rest bypasses.
+    assert_eq!(vol.status().counters.bytes_bypassed, 7 * 65536);
 }

@@ -36,6 +36,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let cutoff_sectors = st.opts.sequential_cutoff_kib * 2;
             if cutoff_sectors == 0
                 || st.wseq_run_sectors <= cutoff_sectors
+                || nr_sectors < st.opts.sequential_cutoff_min_io_kib * 2
                 || !(st.wseq_bypassing || st.nr_dirty * 2 >= st.geo.nr_cache_blocks())
             {
                 return Cutoff::ToLog { ticket: None };

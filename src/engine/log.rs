@@ -9,6 +9,8 @@ use crate::format::{Entry, SegmentHeader};
 /// Failed attempts after which FLUSH/FUA waiting on a segment complete with an error.
 const SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR: u32 = 3;
 const RETRY_BACKOFF_MIN_NS: u64 = 1_000_000;
+/// A segment write failing for this long (or the error window, if shorter) degrades the volume.
+const SEGMENT_FAILING_FOR_NS: u64 = 1_000_000_000;
 const RETRY_BACKOFF_MAX_NS: u64 = 1_000_000_000;
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
@@ -73,6 +75,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     ) {
         let mut attempts = 0u32;
         let mut backoff = RETRY_BACKOFF_MIN_NS;
+        let mut first_failure_ns = None;
         loop {
             let b = self.st.borrow().bufs[buf].clone();
             // The sealed buffer is only read (by reads that hit it) until this write completes;
@@ -88,13 +91,25 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             {
                 let mut st = self.st.borrow_mut();
                 self.note_cache_error(&mut st, ErrorKind::CacheWrite);
+                let now = self.rt.now_ns();
+                let since = *first_failure_ns.get_or_insert(now);
                 if attempts == SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR {
+                    // FLUSH/FUA waiting on it fail; the write keeps retrying.
                     st.durability_error_gen += 1;
-                    // Bounded retries: the volume stops depending on this device. The data
-                    // stays pinned in RAM (and is rescued by FLUSH); the write keeps retrying.
+                }
+                // Bounded retries: a segment that keeps failing for longer than the error
+                // window (at most a second: about 10 attempts) degrades the volume, so that no
+                // foreground write waits for it forever. A short burst of errors is judged by
+                // degraded_error_threshold alone.
+                let bound =
+                    (st.opts.degraded_error_window_s * 1_000_000_000).min(SEGMENT_FAILING_FOR_NS);
+                if attempts >= SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR && now - since >= bound {
                     self.enter_degraded(
                         &mut st,
-                        format!("segment {id} write failed {attempts} times"),
+                        format!(
+                            "segment {id} write failed {attempts} times over {} ms",
+                            (now - since) / 1_000_000
+                        ),
                     );
                 }
             }

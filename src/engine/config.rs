@@ -77,7 +77,7 @@ pub const TUNABLES: &[Tunable] = &[
         max: 1_000_000,
         default: 16,
         dynamic: true,
-        doc: "cache device errors within degraded_error_window_s that put the volume in degraded state (write-through, nothing new cached); a segment write that fails 3 times does too (0: never degrade)",
+        doc: "cache device errors within degraded_error_window_s that put the volume in degraded state (write-through, nothing new cached); a segment write that keeps failing for min(window, 1 s) does too (0: never degrade)",
     },
     Tunable {
         name: "degraded_error_window_s",

@@ -25,6 +25,7 @@ TUNABLES = [
     ("sync_data_interval", 0, 3600, 0, True),
     ("read_cache_threshold", 0, 127, 0, True),
     ("sequential_cutoff_kib", 0, 1048576, 4096, True),
+    ("sequential_cutoff_min_io_kib", 0, 1024, 64, True),
     ("degraded_error_threshold", 0, 1000000, 16, True),
     ("degraded_error_window_s", 1, 3600, 10, True),
     ("write_around_mode", 0, 1, 0, False),

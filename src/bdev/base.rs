@@ -112,9 +112,7 @@ pub struct BaseHandle {
     supports_unmap: bool,
 }
 
-// SAFETY: the handles are only addresses; the descriptor may be used from any thread to get an
-// I/O channel, and the BaseDesc is closed only after the volume thread released its channels.
-unsafe impl Send for BaseHandle {}
+// Send: see ffi.rs (every `unsafe impl Send` lives there).
 
 impl BaseDesc {
     pub fn handle(&self) -> BaseHandle {

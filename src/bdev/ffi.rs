@@ -20,6 +20,11 @@ impl<T> Copy for SendPtr<T> {}
 // the use site (the pointee lives until its owner tears it down, on the thread that owns it).
 unsafe impl<T> Send for SendPtr<T> {}
 
+// SAFETY: a BaseHandle holds only addresses (descriptor, bdev) and plain data; the descriptor may
+// be used from any thread to get an I/O channel, and the BaseDesc is closed only after the volume
+// thread released its channels.
+unsafe impl Send for super::base::BaseHandle {}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     Error,

@@ -66,7 +66,7 @@ pub unsafe fn write_value(w: *mut sys::spdk_json_write_ctx, v: &Value) {
                 }
             }
             Value::String(s) => {
-                sys::spdk_json_write_string_raw(w, s.as_ptr() as *const i8, s.len());
+                sys::spdk_json_write_string_raw(w, s.as_ptr().cast::<std::ffi::c_char>(), s.len());
             }
             Value::Array(a) => {
                 sys::spdk_json_write_array_begin(w);
@@ -78,7 +78,11 @@ pub unsafe fn write_value(w: *mut sys::spdk_json_write_ctx, v: &Value) {
             Value::Object(o) => {
                 sys::spdk_json_write_object_begin(w);
                 for (k, x) in o {
-                    sys::spdk_json_write_name_raw(w, k.as_ptr() as *const i8, k.len());
+                    sys::spdk_json_write_name_raw(
+                        w,
+                        k.as_ptr().cast::<std::ffi::c_char>(),
+                        k.len(),
+                    );
                     write_value(w, x);
                 }
                 sys::spdk_json_write_object_end(w);

@@ -18,8 +18,10 @@ pub(crate) mod ffi;
 mod base;
 mod cpumask;
 mod dma;
+mod durability;
 mod exec;
 mod json;
+mod log;
 mod rpc;
 mod vbdev;
 

@@ -214,8 +214,6 @@ fn call_volume(
 }
 
 struct SendResult(Result<Value, RpcError>);
-// SAFETY: Value and String are Send; the wrapper exists because RpcError is local.
-unsafe impl Send for SendResult {}
 
 macro_rules! handler {
     ($fn_name:ident, $method:literal, $body:ident) => {

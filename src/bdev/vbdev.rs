@@ -113,6 +113,9 @@ pub struct Shared {
     /// the default, the creating thread's core).
     pub cpumask: String,
     pub cpumask_requested: Option<String>,
+    /// What a FLUSH of each base does (`cache_flush` / `backing_flush` in get_stats).
+    pub cache_durability: super::durability::BaseDurability,
+    pub backing_durability: super::durability::BaseDurability,
 }
 
 /// Count of operations in progress, with waiters for zero.
@@ -280,6 +283,7 @@ pub fn stats_json(shared: &Shared, st: &Status) -> Value {
         shared.io_buffers_dma.load(Ordering::Relaxed).into(),
     );
     m.insert("cpumask".into(), shared.cpumask.clone().into());
+    super::durability::insert_stats(&mut m, &shared.cache_durability, &shared.backing_durability);
     if let Ok(Value::Object(o)) = serde_json::to_value(st) {
         for (k, mut v) in o {
             if k == "counters" {
@@ -440,6 +444,10 @@ fn prepare(name: &str) -> Result<SendPtr<Vbdev>, (i32, String)> {
             return fail((-libc::EINVAL, msg));
         }
     };
+    let cache_durability = super::durability::probe(cache.bdev);
+    let backing_durability = super::durability::probe(backing.bdev);
+    cache_durability.log_at_create(&cfg.name, super::durability::Role::Cache);
+    backing_durability.log_at_create(&cfg.name, super::durability::Role::Backing);
     let tname = cstring(&format!("writeboost_{}", cfg.name));
     // SAFETY: valid name and cpumask (both copied by SPDK). Never a NULL mask: the thread must
     // not land on a reactor the application may block (cpumask.rs).
@@ -457,6 +465,8 @@ fn prepare(name: &str) -> Result<SendPtr<Vbdev>, (i32, String)> {
         io_buffers_dma: std::sync::atomic::AtomicBool::new(false),
         cpumask: mask.to_hex(),
         cpumask_requested: cfg.cpumask.clone(),
+        cache_durability,
+        backing_durability,
     });
     let vb = Box::new(Vbdev {
         // SAFETY: spdk_bdev is plain C data for which all-zero is the documented initial state.
@@ -501,8 +511,6 @@ fn launch(vbp: SendPtr<Vbdev>, done: AssembleDone) {
 }
 
 struct SendOpts(CreateOptions);
-// SAFETY: CreateOptions is plain data (no Rc inside); it only moves to the volume thread.
-unsafe impl Send for SendOpts {}
 
 /// Volume thread: channels, executor, replay.
 fn vol_start(vbp: SendPtr<Vbdev>, opts: CreateOptions) {
@@ -1364,7 +1372,10 @@ pub fn on_volume(vbp: SendPtr<Vbdev>, f: impl FnOnce(Option<Rc<VolCtx>>) + Send 
 }
 
 unsafe extern "C" fn module_init() -> i32 {
-    guard("module_init", super::dma::install);
+    guard("module_init", || {
+        super::log::install();
+        super::dma::install();
+    });
     0
 }
 

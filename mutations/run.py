@@ -408,7 +408,8 @@ def main() -> int:
         snapshot(tree, args.rev)
         apply_edits(tree, m)
         print(f"{tree} carries mutation {m.name}; run for example:")
-        print(f"  cd {tree} && CARGO_TARGET_DIR={TARGET_DIR} WB_SEED=<seed> "
+        prof = "" if args.exact_profile else " ".join(f"{k}={v}" for k, v in FAST_PROFILE.items()) + " "
+        print(f"  cd {tree} && {prof}CARGO_TARGET_DIR={TARGET_DIR} WB_SEED=<seed> "
               "cargo test --release --test sim -- --exact sim_seeds --nocapture")
         return 0
 

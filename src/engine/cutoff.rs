@@ -63,10 +63,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 st.count_direct_write(offset_sectors, nr_sectors);
                 for b in first..last {
                     st.shadowed.remove(&b);
-                    // A read that began earlier must not stage what it read: it may be older.
-                    st.staging.remove(&b);
-                    *st.bypass_inflight.entry(b).or_insert(0) += 1;
                 }
+                st.bypass_begin(first, last);
             }
             clear
         };
@@ -80,18 +78,38 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let r = self.write_backing_direct(offset_sectors, data, fua).await;
         {
             let mut st = self.st.borrow_mut();
-            for b in first..last {
-                let n = st.bypass_inflight.get_mut(&b).expect("registered above");
-                *n -= 1;
-                if *n == 0 {
-                    st.bypass_inflight.remove(&b);
-                }
-            }
+            st.bypass_end(first, last);
             if r.is_ok() {
                 st.counters.bytes_bypassed += data.len() as u64;
             }
         }
         self.notify();
         Cutoff::Bypassed(r)
+    }
+}
+
+impl State {
+    /// Registers a write to the backing device of blocks `first..last` that bypasses the log
+    /// (cutoff, degraded write-through): log writes and writeback of them wait, and a read that
+    /// began earlier must not stage what it read (it may be older).
+    pub(super) fn bypass_begin(&mut self, first: u64, last: u64) {
+        for b in first..last {
+            self.staging.remove(&b);
+            *self.bypass_inflight.entry(b).or_insert(0) += 1;
+        }
+    }
+
+    /// The bypassing write of `first..last` completed (or failed).
+    pub(super) fn bypass_end(&mut self, first: u64, last: u64) {
+        for b in first..last {
+            let n = self
+                .bypass_inflight
+                .get_mut(&b)
+                .expect("registered by bypass_begin");
+            *n -= 1;
+            if *n == 0 {
+                self.bypass_inflight.remove(&b);
+            }
+        }
     }
 }

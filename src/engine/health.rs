@@ -115,23 +115,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         {
             let mut st = self.st.borrow_mut();
             st.count_direct_write(offset_sectors, (data.len() / SECTOR) as u64);
-            for b in first..last {
-                st.staging.remove(&b);
-                *st.bypass_inflight.entry(b).or_insert(0) += 1;
-            }
+            st.bypass_begin(first, last);
         }
         self.gate_exit(ticket);
         let r = self.write_backing_direct(w_off, w_data, fua).await;
-        {
-            let mut st = self.st.borrow_mut();
-            for b in first..last {
-                let n = st.bypass_inflight.get_mut(&b).expect("registered above");
-                *n -= 1;
-                if *n == 0 {
-                    st.bypass_inflight.remove(&b);
-                }
-            }
-        }
+        self.st.borrow_mut().bypass_end(first, last);
         if r.is_ok() {
             // The backing device holds the newest data now: drop the cached copies. A replay
             // could map a copy still in the log over it.
@@ -304,13 +292,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 }
             }
         }
-        if let Err(e) = self.backing.flush().await {
-            self.st
-                .borrow_mut()
-                .counters
-                .note_error(ErrorKind::BackingFlush);
-            return Err(IoError::backing(e));
-        }
+        self.flush_backing().await?;
         if let Some(e) = first_err {
             return Err(e);
         }

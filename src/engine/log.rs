@@ -237,35 +237,23 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         self.make_all_durable().await
     }
 
-    /// Degraded: what is not durable on the cache goes to the backing device, which is flushed.
-    async fn make_all_durable_degraded(self: &Rc<Self>) -> Result<(), IoError> {
-        self.rescue_undurable().await?;
-        let backing_unflushed = {
-            let st = self.st.borrow();
-            st.backing_flushed_through < st.backing_writes_done
-        };
-        if backing_unflushed {
-            self.flush_backing().await?;
-        }
-        self.bump_progress();
-        Ok(())
-    }
-
     /// Makes every write completed before this call durable, on the cache device and on the
-    /// backing device (writes that went there directly).
+    /// backing device (writes that went there directly). Degraded: what is not durable on the
+    /// cache goes to the backing device instead.
     pub(super) async fn make_all_durable(self: &Rc<Self>) -> Result<(), IoError> {
         if self.is_degraded() {
-            return self.make_all_durable_degraded().await;
-        }
-        let target = {
-            let st = self.st.borrow();
-            match st.open {
-                Some(o) if o.len > 0 => o.id,
-                _ => st.last_sealed,
+            self.rescue_undurable().await?;
+        } else {
+            let target = {
+                let st = self.st.borrow();
+                match st.open {
+                    Some(o) if o.len > 0 => o.id,
+                    _ => st.last_sealed,
+                }
+            };
+            if target > 0 {
+                self.make_durable(target, true).await?;
             }
-        };
-        if target > 0 {
-            self.make_durable(target, true).await?;
         }
         let backing_unflushed = {
             let st = self.st.borrow();

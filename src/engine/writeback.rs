@@ -411,13 +411,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
         }
         if !writes.is_empty() {
-            if let Err(e) = self.backing.flush().await {
-                self.st
-                    .borrow_mut()
-                    .counters
-                    .note_error(ErrorKind::BackingFlush);
-                return Err(IoError::backing(e));
-            }
+            self.flush_backing().await?;
         }
         // Mark clean what is still the same copy, then advance.
         {

@@ -57,6 +57,11 @@ async fn format_cache_with<D: BlockDevice>(
         source,
     };
     let zero = AlignedBuf::zeroed(BLOCK);
+    // Crash-atomic: the old superblock goes first, so an interrupted or failed format leaves
+    // either the old cache intact or one that reads as all-zero (formatted anew at the next
+    // create), never the old superblock over wiped records (a log that reads as damaged).
+    cache.write(0, &zero).await.map_err(dev)?;
+    cache.flush().await.map_err(dev)?;
     for off in RECORD_OFFSETS_BYTES {
         cache.write(off, &zero).await.map_err(dev)?;
     }
@@ -289,6 +294,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             wseq_bypassing: false,
             shadowed: HashMap::new(),
             bypass_inflight: HashMap::new(),
+            write_through_over_cached: 0,
             record_seq: 0,
             record_in_flight: false,
             last_record_ns: now,

@@ -165,7 +165,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             if inner.st.borrow().nr_dirty == 0 {
                 return Ok(());
             }
-            inner.wait_until(|st| !st.writeback_in_flight).await;
+            inner
+                .wait_until(|st| !st.writeback_in_flight && st.write_through_over_cached == 0)
+                .await;
             inner.st.borrow_mut().writeback_in_flight = true;
             if let Err(e) = inner.writeback_batch().await {
                 failures += 1;

@@ -103,12 +103,28 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 && (!st.writeback_in_flight || (first..last).all(|b| st.index.lookup(b).is_none()))
         })
         .await;
+        // From here until the backing write ends, no writeback batch starts if a block has a
+        // cached copy: it would skip the block (newer data is on its way) and still mark the
+        // block's segment written back, with the block dirty in it.
+        let over_cached = {
+            let mut st = self.st.borrow_mut();
+            let cached = (first..last).any(|b| st.index.lookup(b).is_some());
+            st.write_through_over_cached += cached as u32;
+            cached
+        };
+        let done_over_cached = |this: &Self| {
+            if over_cached {
+                this.st.borrow_mut().write_through_over_cached -= 1;
+            }
+        };
         let widened = self.widen_over_dirty_edges(offset_sectors, data).await;
         let (w_off, w_data) = match &widened {
             Ok(Some((o, d))) => (*o, &d[..]),
             Ok(None) => (offset_sectors, data),
             Err(e) => {
+                done_over_cached(self);
                 self.gate_exit(ticket);
+                self.notify();
                 return Err(e.clone());
             }
         };
@@ -120,6 +136,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         self.gate_exit(ticket);
         let r = self.write_backing_direct(w_off, w_data, fua).await;
         self.st.borrow_mut().bypass_end(first, last);
+        done_over_cached(self);
         if r.is_ok() {
             // The backing device holds the newest data now: drop the cached copies. A replay
             // could map a copy still in the log over it.

@@ -211,6 +211,9 @@ struct State {
     shadowed: HashMap<u64, u64>,
     /// Blocks with a bypassing write in flight: log writes of them wait, reads do not stage them.
     bypass_inflight: HashMap<u64, u32>,
+    /// Degraded write-throughs in flight over blocks with cached copies: writeback starts no
+    /// batch meanwhile (it could not write those blocks back, nor mark their segments done).
+    write_through_over_cached: u32,
     // Superblock record and sync.
     record_seq: u64,
     record_in_flight: bool,
@@ -544,7 +547,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                 let id = st.slot_id[st.slot_of_cb(cb) as usize];
                 assert!(
                     id > st.last_writeback,
-                    "dirty block {b} in written-back segment {id}"
+                    "dirty block {b} in written-back segment {id} (degraded: {}, bypass in flight: {})",
+                    st.health.degraded.is_some(),
+                    st.bypass_inflight.contains_key(&b)
                 );
             }
         }

@@ -12,6 +12,8 @@ use crate::format::segment::data_block_crc;
 use crate::format::{DecodeError, Record, SegmentHeader, RECORD_OFFSETS_BYTES};
 
 const SCAN_QUEUE_DEPTH: usize = 32;
+/// Reads during a scan are tried this often before the block counts as unreadable.
+const SCAN_READ_ATTEMPTS: usize = 3;
 
 /// One segment of the live log.
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +33,10 @@ pub enum LogDamage {
         recorded_writeback_id: u64,
         first_id: u64,
     },
+    /// The block that says whether the log goes on after `head_id` (the header of the next
+    /// slot, or the data of the next segment being verified) does not read: segments there may
+    /// hold acknowledged writes, so the log cannot be said to end at `head_id`.
+    UnreadableTail { head_id: u64, slot: u64 },
 }
 
 impl std::fmt::Display for LogDamage {
@@ -43,6 +49,10 @@ impl std::fmt::Display for LogDamage {
             LogDamage::Hole { recorded_writeback_id, first_id } => write!(
                 f,
                 "the intact log starts at id {first_id} but only ids up to {recorded_writeback_id} were written back"
+            ),
+            LogDamage::UnreadableTail { head_id, slot } => write!(
+                f,
+                "the log may go on after id {head_id} but slot {slot} of the cache does not read"
             ),
         }
     }
@@ -65,8 +75,9 @@ pub struct LogScan {
     /// Damage that makes the log unsafe to resume (create refuses it).
     pub damage: Option<LogDamage>,
     pub bytes_read: u64,
-    /// Blocks that failed to read (record copies, headers, data being verified): treated as
-    /// missing.
+    /// Blocks that failed to read (record copies, headers, data being verified) after
+    /// `SCAN_READ_ATTEMPTS` tries: treated as missing, except where the log's end is decided
+    /// (`LogDamage::UnreadableTail`).
     pub unreadable_blocks: u64,
 }
 
@@ -103,6 +114,21 @@ pub(super) async fn read_at<D: BlockDevice>(
     Ok(b)
 }
 
+/// `read_at`, tried `SCAN_READ_ATTEMPTS` times (a transient error must not hide a segment).
+async fn read_retrying<D: BlockDevice>(
+    dev: &D,
+    off: u64,
+    len: usize,
+) -> Result<AlignedBuf, DeviceError> {
+    let mut attempt = 1;
+    loop {
+        match read_at(dev, off, len).await {
+            Err(_) if attempt < SCAN_READ_ATTEMPTS => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
 /// Reads and validates the superblock.
 pub async fn read_superblock<D: BlockDevice>(
     cache: &D,
@@ -122,7 +148,7 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
     let mut unreadable_blocks = 0u64;
     let mut recs = Vec::new();
     for off in RECORD_OFFSETS_BYTES {
-        recs.push(match read_at(cache, off, BLOCK).await {
+        recs.push(match read_retrying(cache, off, BLOCK).await {
             Ok(b) => b,
             Err(_) => {
                 unreadable_blocks += 1;
@@ -134,11 +160,12 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
     let record = Record::newest(&[&recs[0], &recs[1]], &sb.format_uuid);
     // Every slot's header, QD SCAN_QUEUE_DEPTH.
     let mut headers: Vec<Option<SegmentHeader>> = Vec::with_capacity(nr as usize);
+    let mut unreadable_header = vec![false; nr as usize];
     let mut slot = 0;
     while slot < nr {
         let end = (slot + SCAN_QUEUE_DEPTH as u64).min(nr);
         let rs = futures::future::join_all(
-            (slot..end).map(|s| read_at(cache, geo.slot_offset_bytes(s), hb)),
+            (slot..end).map(|s| read_retrying(cache, geo.slot_offset_bytes(s), hb)),
         )
         .await;
         for (s, r) in (slot..end).zip(rs) {
@@ -149,6 +176,7 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
                     .filter(|h| h.format_uuid == sb.format_uuid && geo.slot_of_id(h.id) == s),
                 Err(_) => {
                     unreadable_blocks += geo.header_blocks as u64;
+                    unreadable_header[s as usize] = true;
                     None
                 }
             };
@@ -170,6 +198,8 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
     candidates.sort_unstable_by(|a, b| b.cmp(a));
     let mut head = 0;
     let mut start = 1;
+    // Ids whose data could not be read to verify them.
+    let mut unverifiable: Vec<u64> = Vec::new();
     'candidates: for &c in &candidates {
         if c < floor {
             break;
@@ -193,14 +223,15 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
             let slot = geo.slot_of_id(id);
             let len = h.entries.len() * BLOCK;
             bytes_read += len as u64;
-            let ok = match read_at(cache, geo.data_block_offset_bytes(slot, 0), len).await {
+            let ok = match read_retrying(cache, geo.data_block_offset_bytes(slot, 0), len).await {
                 Ok(data) => h.entries.iter().enumerate().all(|(j, e)| {
                     e.valid_bits == 0
                         || data_block_crc(&data[j * BLOCK..(j + 1) * BLOCK]) == e.data_crc
                 }),
-                // Unverifiable: treated like a torn segment (never proven durable).
+                // Unverifiable: not replayed, and the log cannot end before it (below).
                 Err(_) => {
                     unreadable_blocks += h.entries.len() as u64;
+                    unverifiable.push(id);
                     false
                 }
             };
@@ -257,6 +288,13 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
         Some(LogDamage::Hole {
             recorded_writeback_id,
             first_id: start,
+        })
+    } else if unreadable_header[geo.slot_of_id(head + 1) as usize]
+        || unverifiable.contains(&(head + 1))
+    {
+        Some(LogDamage::UnreadableTail {
+            head_id: head,
+            slot: geo.slot_of_id(head + 1),
         })
     } else {
         None

@@ -109,7 +109,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 
     /// Whether a batch should start now.
     fn writeback_wanted(&self, st: &State, now_ns: u64) -> bool {
-        if st.shutting_down || st.writeback_in_flight || now_ns < st.writeback_retry_at_ns {
+        if st.shutting_down
+            || st.writeback_in_flight
+            || st.write_through_over_cached > 0
+            || now_ns < st.writeback_retry_at_ns
+        {
             return false;
         }
         // Degraded write-throughs and FLUSH rescues wait in the gate for writeback to pause.

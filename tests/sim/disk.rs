@@ -1,7 +1,12 @@
 //! A simulated block device with a volatile write cache. Completed writes are visible at once but
 //! become durable only when a later FLUSH completes; a power cut loses, applies or tears (at
 //! sector granularity, in any order) every write not yet durable, in flight ones included.
-//! Faults: injected read/write/flush errors. Latency: uniform, or an HDD model with seek cost.
+//! Discard does what a real device may do, chosen by the seed: nothing, zeroes, zeroes in whole
+//! 4 KiB granules only, or zeroes in some sectors; like a write it is volatile until a FLUSH.
+//! Faults: injected read/write/flush/discard errors, at a rate (`faults_enabled`, plus a boost
+//! for bursts) or aimed at given byte ranges (`fail_reads`, whatever `faults_enabled` says).
+//! Every I/O and its completion goes into the world's execution trace.
+//! Latency: uniform, or an HDD model with seek cost.
 
 use crate::executor::World;
 use std::cell::RefCell;
@@ -49,8 +54,31 @@ pub struct DiskState {
     /// The HDD is busy until this time (requests are served one at a time).
     busy_until_ns: u64,
     pub faults_enabled: bool,
+    /// Added to the read and write error rates while faults are enabled (bursts, e.g. during
+    /// create).
+    pub fault_boost_per_10k: u64,
+    /// Aimed read errors: a read overlapping [start, end) bytes fails; `count` times each.
+    pub fail_reads: Vec<AimedFault>,
+    /// Read errors the aimed faults caused.
+    pub aimed_read_errors: u64,
+    /// Read errors returned (aimed or not).
+    pub read_errors: u64,
+    /// A power cut loses every write not yet durable (scripted scenarios; the swarm keeps the
+    /// random lose/apply/tear).
+    pub power_cut_loses_all: bool,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    pub discards: u64,
+    /// Tag of this disk in the execution trace.
+    trace_tag: u64,
+}
+
+/// A read error aimed at a byte range.
+#[derive(Clone, Debug)]
+pub struct AimedFault {
+    pub start: u64,
+    pub end: u64,
+    pub count: u32,
 }
 
 #[derive(Clone)]
@@ -62,6 +90,11 @@ pub struct SimDisk {
 impl SimDisk {
     pub fn new(world: &World, cfg: DiskConfig) -> SimDisk {
         let n = cfg.size_bytes as usize;
+        let trace_tag = cfg
+            .name
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+            << 8;
         SimDisk {
             world: world.clone(),
             st: Rc::new(RefCell::new(DiskState {
@@ -74,8 +107,15 @@ impl SimDisk {
                 head_pos: 0,
                 busy_until_ns: 0,
                 faults_enabled: true,
+                fault_boost_per_10k: 0,
+                fail_reads: Vec::new(),
+                aimed_read_errors: 0,
+                read_errors: 0,
+                power_cut_loses_all: false,
                 bytes_read: 0,
                 bytes_written: 0,
+                discards: 0,
+                trace_tag,
             })),
         }
     }
@@ -111,8 +151,50 @@ impl SimDisk {
         self.st.borrow().faults_enabled && per_10k > 0 && self.world.rng().below(10_000) < per_10k
     }
 
+    /// A read or write error: the configured rate plus the boost.
+    fn io_fault(&self, per_10k: u64) -> bool {
+        let boost = self.st.borrow().fault_boost_per_10k;
+        self.fault(per_10k + boost)
+    }
+
+    /// An aimed read error for [off, off+len), consumed if it fires.
+    fn aimed_read_fault(&self, off: u64, len: u64) -> bool {
+        let mut st = self.st.borrow_mut();
+        let hit = st
+            .fail_reads
+            .iter_mut()
+            .find(|f| f.count > 0 && off < f.end && f.start < off + len);
+        match hit {
+            Some(f) => {
+                f.count -= 1;
+                st.aimed_read_errors += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn trace(&self, op: u64, a: u64, b: u64) {
+        let tag = self.st.borrow().trace_tag;
+        self.world.trace(tag | op, a, b);
+    }
+
     /// Power cut: what was not durable is lost, applied, or torn per sector, in random order.
     pub fn power_cut(&self) {
+        self.trace(9, 0, 0);
+        if TRACE_SECTOR.with(|t| t.is_some()) {
+            let st = self.st.borrow();
+            let pending: Vec<(u64, Vec<u8>)> = st
+                .unflushed
+                .iter()
+                .cloned()
+                .chain(st.inflight.values().cloned())
+                .collect();
+            drop(st);
+            for (off, d) in pending {
+                trace_io(self, "not durable at power cut:", off, &d);
+            }
+        }
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
         let mut pending: Vec<(u64, Vec<u8>)> = std::mem::take(&mut st.unflushed);
@@ -124,6 +206,9 @@ impl SimDisk {
             pending.swap(i, j);
         }
         for (off, data) in pending {
+            if st.power_cut_loses_all {
+                continue;
+            }
             match rng.below(3) {
                 0 => {}
                 1 => st.durable[off as usize..off as usize + data.len()].copy_from_slice(&data),
@@ -154,6 +239,50 @@ impl SimDisk {
     }
 }
 
+thread_local! {
+    /// `WB_TRACE_SECTOR`: device I/O that carries that volume sector's data is printed.
+    static TRACE_SECTOR: Option<u64> =
+        std::env::var("WB_TRACE_SECTOR").ok().and_then(|v| v.parse().ok());
+}
+
+/// The write id in a sector of simulation data (the model's layout: id, then sector number), or
+/// 0 for zeroes; None for anything else. (Tracing only: bench/engine.rs has no model.)
+fn traced_id(c: &[u8], sector: u64) -> Option<u64> {
+    if c.iter().all(|&b| b == 0) {
+        return Some(0);
+    }
+    let at = |o: usize| u64::from_le_bytes(c[o..o + 8].try_into().unwrap());
+    (at(8) == sector).then(|| at(0))
+}
+
+/// Prints the I/O if it carries the traced sector (backing: by offset; cache: by content).
+fn trace_io(disk: &SimDisk, what: &str, off: u64, data: &[u8]) {
+    let Some(x) = TRACE_SECTOR.with(|t| *t) else {
+        return;
+    };
+    let name = disk.st.borrow().cfg.name;
+    let now = disk.world.now_ns();
+    if name.contains("backing") {
+        if off <= x * 512 && x * 512 < off + data.len() as u64 {
+            let o = (x * 512 - off) as usize;
+            let id = traced_id(&data[o..o + 512], x);
+            eprintln!(
+                "t={now}   {name} {what} off={off} len={} sector {x} = {id:?}",
+                data.len()
+            );
+        }
+    } else {
+        for (i, c) in data.chunks(512).enumerate() {
+            if let Some(id) = traced_id(c, x).filter(|&id| id != 0) {
+                eprintln!(
+                    "t={now}   {name} {what} off={} holds sector {x} = {id}",
+                    off + i as u64 * 512
+                );
+            }
+        }
+    }
+}
+
 fn io_error(op: DeviceOp, off: u64, len: u64) -> DeviceError {
     DeviceError::Io {
         op,
@@ -175,19 +304,32 @@ impl BlockDevice for SimDisk {
 
     async fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.range_ok(DeviceOp::Read, off, buf.len() as u64)?;
+        self.trace(1, off, buf.len() as u64);
         let lat = self.latency_ns(off, buf.len() as u64);
         self.world.after(lat).await;
-        if self.fault(self.st.borrow().cfg.read_error_per_10k) {
+        if self.aimed_read_fault(off, buf.len() as u64)
+            || self.io_fault(self.st.borrow().cfg.read_error_per_10k)
+        {
+            self.trace(2, off, u64::MAX);
+            self.st.borrow_mut().read_errors += 1;
             return Err(io_error(DeviceOp::Read, off, buf.len() as u64));
         }
         let mut st = self.st.borrow_mut();
         buf.copy_from_slice(&st.view[off as usize..off as usize + buf.len()]);
         st.bytes_read += buf.len() as u64;
+        drop(st);
+        trace_io(self, "read", off, buf);
+        self.trace(2, off, crc32c::crc32c(buf) as u64);
         Ok(())
     }
 
     async fn write(&self, off: u64, buf: &[u8]) -> Result<(), DeviceError> {
         self.range_ok(DeviceOp::Write, off, buf.len() as u64)?;
+        self.trace(
+            3,
+            off,
+            crc32c::crc32c(buf) as u64 | (buf.len() as u64) << 32,
+        );
         let id = {
             let mut st = self.st.borrow_mut();
             let id = st.next_io;
@@ -197,7 +339,14 @@ impl BlockDevice for SimDisk {
         };
         let lat = self.latency_ns(off, buf.len() as u64);
         self.world.after(lat).await;
-        let failed = self.fault(self.st.borrow().cfg.write_error_per_10k);
+        let failed = self.io_fault(self.st.borrow().cfg.write_error_per_10k);
+        self.trace(4, off, failed as u64);
+        trace_io(
+            self,
+            if failed { "write FAILED" } else { "write" },
+            off,
+            buf,
+        );
         let mut st = self.st.borrow_mut();
         let Some((off, data)) = st.inflight.remove(&id) else {
             return Err(io_error(DeviceOp::Write, off, buf.len() as u64));
@@ -225,11 +374,14 @@ impl BlockDevice for SimDisk {
 
     async fn flush(&self) -> Result<(), DeviceError> {
         let covered = self.st.borrow().unflushed.len();
+        self.trace(5, covered as u64, 0);
         let lat = self.world.rng().range(1_000, 20_000);
         self.world.after(lat).await;
         if self.fault(self.st.borrow().cfg.flush_error_per_10k) {
+            self.trace(6, 1, 0);
             return Err(io_error(DeviceOp::Flush, 0, 0));
         }
+        self.trace(6, 0, 0);
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
         // The writes completed before the flush was issued are durable now (in their order).
@@ -242,8 +394,46 @@ impl BlockDevice for SimDisk {
 
     async fn discard(&self, off: u64, len: u64) -> Result<(), DeviceError> {
         self.range_ok(DeviceOp::Discard, off, len)?;
+        self.trace(7, off, len);
         let lat = self.world.rng().range(1_000, 5_000);
         self.world.after(lat).await;
+        let failed = self.fault(self.st.borrow().cfg.write_error_per_10k);
+        // What the device does with the range: nothing, zeroes everywhere, zeroes in whole 4 KiB
+        // granules only, or zeroes in some sectors. A failed discard may have done part of it.
+        let how = self.world.rng().below(4);
+        {
+            let mut st = self.st.borrow_mut();
+            let st = &mut *st;
+            st.discards += 1;
+            let (o, n) = (off as usize, len as usize);
+            let mut data = st.view[o..o + n].to_vec();
+            let mut rng = self.world.rng();
+            for s in 0..n / 512 {
+                let abs = o + s * 512;
+                let granule = abs / 4096 * 4096;
+                let zero = match how {
+                    0 => false,
+                    1 => true,
+                    2 => granule >= o && granule + 4096 <= o + n,
+                    _ => rng.chance(50),
+                };
+                if zero && !(failed && rng.chance(50)) {
+                    data[s * 512..(s + 1) * 512].fill(0);
+                }
+            }
+            if how != 0 {
+                st.view[o..o + n].copy_from_slice(&data);
+                st.unflushed.push((off, data));
+            }
+        }
+        self.trace(8, how, failed as u64);
+        if TRACE_SECTOR.with(|t| t.is_some()) {
+            let d = self.st.borrow().view[off as usize..(off + len) as usize].to_vec();
+            trace_io(self, &format!("discard how={how} now"), off, &d);
+        }
+        if failed {
+            return Err(io_error(DeviceOp::Discard, off, len));
+        }
         Ok(())
     }
 }

@@ -102,6 +102,9 @@ pub struct WorldInner {
     spawned: RefCell<Vec<LocalFuture>>,
     ready: Arc<Mutex<Vec<usize>>>,
     pub polls: Cell<u64>,
+    /// Running hash of the execution: every poll, timer and device I/O (see [`World::trace`]).
+    trace_hash: Cell<u64>,
+    trace_events: Cell<u64>,
 }
 
 /// The simulated world: clock, randomness, tasks. Cloning shares it.
@@ -127,7 +130,26 @@ impl World {
             spawned: RefCell::new(Vec::new()),
             ready: Arc::new(Mutex::new(Vec::new())),
             polls: Cell::new(0),
+            trace_hash: Cell::new(0xcbf2_9ce4_8422_2325),
+            trace_events: Cell::new(0),
         }))
+    }
+
+    /// Mixes one event (a tag and two values) into the execution trace. Two runs of a seed are
+    /// the same execution only if every event matches, in order.
+    pub fn trace(&self, tag: u64, a: u64, b: u64) {
+        let mut h = self.0.trace_hash.get();
+        for v in [tag, a, b, self.now_ns()] {
+            h = (h ^ v).wrapping_mul(0x0000_0100_0000_01B3);
+            h ^= h >> 29;
+        }
+        self.0.trace_hash.set(h);
+        self.0.trace_events.set(self.0.trace_events.get() + 1);
+    }
+
+    /// (hash, number of events) of the execution so far.
+    pub fn trace_summary(&self) -> (u64, u64) {
+        (self.0.trace_hash.get(), self.0.trace_events.get())
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -190,6 +212,7 @@ impl World {
                         ready: self.0.ready.clone(),
                     }));
                     self.0.polls.set(self.0.polls.get() + 1);
+                    self.trace(1, id as u64, 0);
                     if fut
                         .as_mut()
                         .poll(&mut Context::from_waker(&waker))
@@ -207,6 +230,7 @@ impl World {
                         self.0.now_ns.set(at);
                     }
                     let c = self.0.timer_events.borrow_mut().remove(&seq);
+                    self.trace(2, seq, at);
                     if let Some(c) = c {
                         c.fire();
                     }

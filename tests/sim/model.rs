@@ -1,36 +1,79 @@
 //! The reference model (oracle). Every sector carries the id of the write that produced it (id 0:
-//! never written, all zero; write-zeroes also writes id 0). Per sector the model keeps the ordered
-//! history of writes with logical submit/complete times and the *floor*: the newest write made
-//! durable by FUA or by a FLUSH issued after it completed.
+//! never written, all zero; write-zeroes also writes id 0). Per sector the model keeps the history
+//! of writes with logical submit/complete times. Writes and discards may overlap in time and in
+//! space at any queue depth; the engine picks an order per sector, and the model checks that
+//! every observation fits one such order:
 //!
-//! - A read may return, per sector, the value of the last write completed before the read began,
-//!   or of any write overlapping the read in time. Never older data, never bytes nobody wrote.
-//! - After a power cut a sector may hold its floor or anything written after it.
-//! - A discard makes a sector undefined (any well-formed value) until it is written again.
-//! - A write that failed is indeterminate: the value before it stays allowed too.
+//! - Real-time order: a write that completed before another began is ordered before it. A read
+//!   may return, per sector, any write that is not ordered before a (successful) write completed
+//!   before the read began, and that began before the read ended. Never older data, never a mix
+//!   within a sector, never bytes nobody wrote.
+//! - The engine's order, as reads reveal it: once a read returned write `w`, the writes that had
+//!   completed before that read began and are not `w` come before `w`; a read that begins after
+//!   it ended may not return them. So once overlapping writes have all completed, every read
+//!   returns the same one of them until the next write.
+//! - Durability: a write is durable once it completed with FUA, or completed before a FLUSH that
+//!   completed was issued. After a power cut a sector may hold any write not ordered before a
+//!   durable one (in-flight writes included).
+//! - A discard makes a sector undefined (any well-formed value) until a write orders after it.
+//! - A write that failed is indeterminate: it orders nothing before itself.
 
 pub const UNDEF: u64 = u64::MAX;
+const NEVER: u64 = u64::MAX;
 
 #[derive(Clone, Debug)]
 struct Rec {
+    /// Unique per operation (ids repeat: 0 for zeroes, UNDEF for discards).
+    op: u64,
     id: u64,
     submit: u64,
-    complete: Option<u64>,
+    /// `NEVER` while in flight.
+    complete: u64,
     failed: bool,
+    /// Durable on its own: completed with FUA, or found after a power cut.
+    fua: bool,
+    /// A read that begins after this tick may not return this write: a read that ended then
+    /// returned a write the engine ordered after this one.
+    dead_after: u64,
 }
 
-#[derive(Clone, Debug)]
-struct Hist {
-    recs: Vec<Rec>,
-    floor: usize,
+/// Allowed values for one sector: `Any` or a list of ids.
+#[derive(Debug)]
+pub enum Allowed {
+    Any,
+    Ids(Vec<u64>),
+}
+
+impl Allowed {
+    pub fn permits(&self, id: u64) -> bool {
+        match self {
+            Allowed::Any => true,
+            Allowed::Ids(v) => v.contains(&id),
+        }
+    }
+}
+
+/// An operation on a range of sectors, from `begin_write` to `end_write`.
+#[derive(Debug)]
+pub struct WriteTicket {
+    op: u64,
+    s: u64,
+    n: u64,
 }
 
 pub struct Model {
     tick: u64,
-    sectors: Vec<Hist>,
-    writing: Vec<bool>,
+    next_op: u64,
+    sectors: Vec<Vec<Rec>>,
+    /// Every successful write completed before this tick is durable: the newest issue time of a
+    /// FLUSH that completed.
+    flushed_before: u64,
     /// Start ticks of reads in flight (for pruning).
     reads_in_flight: Vec<u64>,
+    /// Writes in flight per sector.
+    in_flight: Vec<u16>,
+    /// Writes or discards that began while another was in flight on one of their sectors.
+    pub overlapping_writes: u64,
 }
 
 fn hash(id: u64, sector: u64) -> u64 {
@@ -64,38 +107,9 @@ pub fn decode(buf: &[u8], sector: u64) -> Option<u64> {
     (buf == want).then_some(id)
 }
 
-/// Allowed values for one sector: `Any` or a list of ids.
-#[derive(Debug)]
-pub enum Allowed {
-    Any,
-    Ids(Vec<u64>),
-}
-
-impl Allowed {
-    pub fn permits(&self, id: u64) -> bool {
-        match self {
-            Allowed::Any => true,
-            Allowed::Ids(v) => v.contains(&id),
-        }
-    }
-}
-
-impl Hist {
-    /// Index of the newest write completed before `t`, walking back over failed writes.
-    fn base_before(&self, t: u64) -> usize {
-        let mut i = 0;
-        for (k, r) in self.recs.iter().enumerate() {
-            if matches!(r.complete, Some(c) if c < t) {
-                i = k;
-            }
-        }
-        i
-    }
-    fn walk_back(&self, mut i: usize) -> usize {
-        while i > 0 && self.recs[i].failed {
-            i -= 1;
-        }
-        i
+impl Rec {
+    fn durable(&self, flushed_before: u64) -> bool {
+        !self.failed && (self.fua || self.complete < flushed_before)
     }
 }
 
@@ -103,20 +117,23 @@ impl Model {
     pub fn new(nr_sectors: u64) -> Model {
         Model {
             tick: 1,
+            next_op: 1,
             sectors: vec![
-                Hist {
-                    recs: vec![Rec {
-                        id: 0,
-                        submit: 0,
-                        complete: Some(0),
-                        failed: false,
-                    }],
-                    floor: 0,
-                };
+                vec![Rec {
+                    op: 0,
+                    id: 0,
+                    submit: 0,
+                    complete: 0,
+                    failed: false,
+                    fua: true,
+                    dead_after: NEVER,
+                }];
                 nr_sectors as usize
             ],
-            writing: vec![false; nr_sectors as usize],
+            flushed_before: 0,
             reads_in_flight: Vec::new(),
+            in_flight: vec![0; nr_sectors as usize],
+            overlapping_writes: 0,
         }
     }
 
@@ -129,37 +146,48 @@ impl Model {
         self.tick
     }
 
-    /// True if no write is in flight on the range.
-    pub fn can_write(&self, s: u64, n: u64) -> bool {
-        (s..s + n).all(|x| !self.writing[x as usize])
+    /// True if a write or discard is in flight on a sector of the range.
+    pub fn writing(&self, s: u64, n: u64) -> bool {
+        (s..s + n).any(|x| self.in_flight[x as usize] > 0)
     }
 
-    pub fn begin_write(&mut self, s: u64, n: u64, id: u64) {
+    pub fn begin_write(&mut self, s: u64, n: u64, id: u64) -> WriteTicket {
         let t = self.tick();
+        let op = self.next_op;
+        self.next_op += 1;
+        if self.writing(s, n) {
+            self.overlapping_writes += 1;
+        }
         for x in s..s + n {
-            debug_assert!(!self.writing[x as usize]);
-            self.writing[x as usize] = true;
             self.prune(x);
-            self.sectors[x as usize].recs.push(Rec {
+            self.in_flight[x as usize] += 1;
+            self.sectors[x as usize].push(Rec {
+                op,
                 id,
                 submit: t,
-                complete: None,
+                complete: NEVER,
                 failed: false,
+                fua: false,
+                dead_after: NEVER,
             });
         }
+        WriteTicket { op, s, n }
     }
 
-    pub fn end_write(&mut self, s: u64, n: u64, ok: bool, durable: bool) {
+    /// `durable`: the write completed with FUA.
+    pub fn end_write(&mut self, w: &WriteTicket, ok: bool, durable: bool) {
         let t = self.tick();
-        for x in s..s + n {
-            self.writing[x as usize] = false;
+        for x in w.s..w.s + w.n {
+            self.in_flight[x as usize] -= 1;
             let h = &mut self.sectors[x as usize];
-            let k = h.recs.len() - 1;
-            h.recs[k].complete = Some(t);
-            h.recs[k].failed = !ok;
-            if ok && durable {
-                h.floor = k;
-            }
+            let r = h
+                .iter_mut()
+                .rev()
+                .find(|r| r.op == w.op)
+                .expect("write in the history");
+            r.complete = t;
+            r.failed = !ok;
+            r.fua = ok && durable;
         }
     }
 
@@ -167,13 +195,15 @@ impl Model {
         self.tick()
     }
 
+    /// A FLUSH issued at `started` completed: every write completed before it is durable.
     pub fn end_flush(&mut self, started: u64) {
-        for h in &mut self.sectors {
-            let b = h.base_before(started);
-            if b > h.floor {
-                h.floor = b;
-            }
-        }
+        self.flushed_before = self.flushed_before.max(started);
+    }
+
+    /// Everything completed so far is durable (a clean shutdown succeeded).
+    pub fn all_durable(&mut self) {
+        let t = self.tick();
+        self.end_flush(t);
     }
 
     pub fn begin_read(&mut self) -> u64 {
@@ -182,91 +212,137 @@ impl Model {
         t
     }
 
-    /// Ends a read begun at `started`; returns the allowed values per sector of the range.
-    pub fn end_read(&mut self, started: u64, s: u64, n: u64) -> Vec<Allowed> {
+    /// Ends a read begun at `started` (also one that failed); returns its end tick.
+    pub fn end_read(&mut self, started: u64) -> u64 {
         let end = self.tick();
         if let Some(p) = self.reads_in_flight.iter().position(|&t| t == started) {
             self.reads_in_flight.swap_remove(p);
         }
-        (s..s + n)
-            .map(|x| {
-                let h = &self.sectors[x as usize];
-                let base = h.walk_back(h.base_before(started));
-                let mut ids = Vec::new();
-                for (k, r) in h.recs.iter().enumerate() {
-                    let overlaps = r.submit < end && r.complete.is_none_or(|c| c > started);
-                    if k >= base && (k <= h.base_before(started) || overlaps) {
-                        if r.id == UNDEF {
-                            return Allowed::Any;
-                        }
-                        ids.push(r.id);
+        end
+    }
+
+    /// What a read of sector `x` that ran from `start` to `end` may return.
+    pub fn read_allowed(&self, x: u64, start: u64, end: u64) -> Allowed {
+        let h = &self.sectors[x as usize];
+        // Writes that completed before the newest successful write completed before `start`
+        // was issued are ordered before it.
+        let m = h
+            .iter()
+            .filter(|r| !r.failed && r.complete < start)
+            .map(|r| r.submit)
+            .max()
+            .unwrap_or(0);
+        let mut ids = Vec::new();
+        for r in h {
+            if r.submit < end && r.complete >= m && r.dead_after >= start {
+                if r.id == UNDEF {
+                    return Allowed::Any;
+                }
+                ids.push(r.id);
+            }
+        }
+        Allowed::Ids(ids)
+    }
+
+    /// A read from `start` to `end` returned write `id` at sector `x` (allowed): the writes
+    /// completed before `start` that are not `id` are ordered before it.
+    fn observe(&mut self, x: u64, id: u64, start: u64, end: u64) {
+        for r in &mut self.sectors[x as usize] {
+            if r.id != id && r.complete < start {
+                r.dead_after = r.dead_after.min(end);
+            }
+        }
+    }
+
+    /// Checks a read of `buf` at sector `s` begun at `started` (and ends it). On success the
+    /// values read are observations that later reads must be consistent with.
+    pub fn check_read(&mut self, started: u64, s: u64, buf: &[u8]) -> Result<(), String> {
+        let end = self.end_read(started);
+        for (i, chunk) in buf.chunks(512).enumerate() {
+            let x = s + i as u64;
+            let allowed = self.read_allowed(x, started, end);
+            match decode(chunk, x) {
+                None => return Err(format!("sector {x}: bytes no write produced")),
+                Some(id) if !allowed.permits(id) => {
+                    return Err(format!(
+                        "sector {x}: read write id {id}, allowed {allowed:?}"
+                    ))
+                }
+                Some(id) => {
+                    if matches!(allowed, Allowed::Ids(_)) {
+                        self.observe(x, id, started, end);
                     }
                 }
-                Allowed::Ids(ids)
-            })
-            .collect()
+            }
+        }
+        Ok(())
     }
 
     /// What a sector may hold after a power cut.
     pub fn after_crash(&self, x: u64) -> Allowed {
         let h = &self.sectors[x as usize];
-        let from = h.walk_back(h.floor);
+        let m = h
+            .iter()
+            .filter(|r| r.durable(self.flushed_before))
+            .map(|r| r.submit)
+            .max()
+            .unwrap_or(0);
         let mut ids = Vec::new();
-        for r in &h.recs[from..] {
-            if r.id == UNDEF {
-                return Allowed::Any;
+        for r in h {
+            if r.complete >= m {
+                if r.id == UNDEF {
+                    return Allowed::Any;
+                }
+                ids.push(r.id);
             }
-            ids.push(r.id);
         }
         Allowed::Ids(ids)
     }
 
-    /// After recovery the value read is the new durable truth.
+    /// After recovery from a power cut the value read is the new durable truth.
     pub fn collapse(&mut self, x: u64, id: u64) {
         let t = self.tick();
-        let h = &mut self.sectors[x as usize];
-        h.recs = vec![Rec {
+        let op = self.next_op;
+        self.next_op += 1;
+        self.sectors[x as usize] = vec![Rec {
+            op,
             id,
             submit: t,
-            complete: Some(t),
+            complete: t,
             failed: false,
+            fua: true,
+            dead_after: NEVER,
         }];
-        h.floor = 0;
-        self.writing[x as usize] = false;
+        self.in_flight[x as usize] = 0;
     }
 
-    /// Discarded and not written since.
-    pub fn is_undefined(&self, x: u64) -> bool {
-        self.sectors[x as usize].recs.last().map(|r| r.id) == Some(UNDEF)
+    /// Undefined now (discarded and not written since, as far as a read could tell).
+    pub fn is_undefined(&mut self, x: u64) -> bool {
+        let t = self.tick();
+        matches!(self.read_allowed(x, t, t), Allowed::Any)
     }
 
+    /// A power cut: reads and writes in flight are gone (their writes stay possible).
     pub fn reset_in_flight(&mut self) {
         self.reads_in_flight.clear();
-        for w in &mut self.writing {
-            *w = false;
-        }
     }
 
-    /// Drops history no read or crash can ask for any more.
+    /// Drops writes no read or power cut can return any more: those ordered before a durable
+    /// write that completed before every read in flight began.
     fn prune(&mut self, x: u64) {
         let h = &self.sectors[x as usize];
-        if h.recs.len() < 24 {
+        if h.len() < 16 {
             return;
         }
-        let oldest_read = self
-            .reads_in_flight
+        let oldest_read = self.reads_in_flight.iter().copied().min().unwrap_or(NEVER);
+        let fb = self.flushed_before;
+        let p = h
             .iter()
-            .copied()
-            .min()
-            .unwrap_or(u64::MAX);
-        let keep_from = h
-            .walk_back(h.floor)
-            .min(h.walk_back(h.base_before(oldest_read)));
-        if keep_from > 0 {
-            let h = &mut self.sectors[x as usize];
-            h.recs.drain(..keep_from);
-            h.floor -= keep_from;
-        }
+            .filter(|r| r.durable(fb) && r.complete < oldest_read)
+            .map(|r| r.submit)
+            .max()
+            .unwrap_or(0);
+        self.sectors[x as usize].retain(|r| r.complete >= p);
     }
 }
 
@@ -282,5 +358,74 @@ mod tests {
         assert_eq!(decode(&b, 6), None);
         b[100] ^= 1;
         assert_eq!(decode(&b, 5), None);
+    }
+
+    fn read_ids(m: &mut Model, x: u64) -> Vec<u64> {
+        let t = m.begin_read();
+        let end = m.end_read(t);
+        match m.read_allowed(x, t, end) {
+            Allowed::Ids(v) => v,
+            Allowed::Any => vec![UNDEF],
+        }
+    }
+
+    fn read_returns(m: &mut Model, x: u64, id: u64) -> Result<(), String> {
+        let mut b = [0u8; 512];
+        sector_bytes(id, x, &mut b);
+        let t = m.begin_read();
+        m.check_read(t, x, &b)
+    }
+
+    #[test]
+    fn overlapping_writes_settle_on_the_order_a_read_revealed() {
+        let mut m = Model::new(1);
+        let a = m.begin_write(0, 1, 1);
+        let b = m.begin_write(0, 1, 2);
+        m.end_write(&b, true, false);
+        m.end_write(&a, true, false);
+        // Either order is possible until a read tells.
+        assert_eq!(read_ids(&mut m, 0), vec![1, 2]);
+        read_returns(&mut m, 0, 2).unwrap();
+        assert_eq!(read_ids(&mut m, 0), vec![2]);
+        assert!(read_returns(&mut m, 0, 1).is_err());
+        // A later write orders after both.
+        let c = m.begin_write(0, 1, 3);
+        m.end_write(&c, true, false);
+        assert_eq!(read_ids(&mut m, 0), vec![3]);
+    }
+
+    #[test]
+    fn a_read_during_a_write_may_see_either_but_not_older() {
+        let mut m = Model::new(1);
+        let a = m.begin_write(0, 1, 1);
+        m.end_write(&a, true, false);
+        let t = m.begin_read();
+        let b = m.begin_write(0, 1, 2);
+        let end = m.end_read(t);
+        assert!(matches!(m.read_allowed(0, t, end), Allowed::Ids(v) if v == vec![1, 2]));
+        m.end_write(&b, false, false);
+        // Failed: the old value stays possible, and the failed write too.
+        assert_eq!(read_ids(&mut m, 0), vec![1, 2]);
+    }
+
+    #[test]
+    fn power_cut_keeps_writes_not_ordered_before_a_durable_one() {
+        let mut m = Model::new(1);
+        let a = m.begin_write(0, 1, 1);
+        m.end_write(&a, true, true);
+        let b = m.begin_write(0, 1, 2);
+        let c = m.begin_write(0, 1, 3);
+        m.end_write(&c, true, true);
+        m.end_write(&b, true, false);
+        // 2 overlapped 3, so the engine may have ordered it after the durable 3.
+        assert!(matches!(m.after_crash(0), Allowed::Ids(v) if v == vec![2, 3]));
+        let f = m.begin_flush();
+        m.end_flush(f);
+        let d = m.begin_write(0, 1, 4);
+        assert!(matches!(m.after_crash(0), Allowed::Ids(v) if v == vec![2, 3, 4]));
+        m.end_write(&d, true, false);
+        let f = m.begin_flush();
+        m.end_flush(f);
+        assert!(matches!(m.after_crash(0), Allowed::Ids(v) if v == vec![4]));
     }
 }

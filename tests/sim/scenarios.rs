@@ -1,0 +1,526 @@
+//! Scripted scenarios: the cases of issue 15, each a fixed sequence of operations on the
+//! simulated devices, checked by the same model as the swarm. Each fails on the engine before its
+//! fix (1281ad9); the swarm reaches the same cases at random (tests/sim/seeds.txt).
+//!
+//! The backing device starts with old data everywhere (write id 1, durable), so a lost write of
+//! zeroes shows. A power cut here loses every write not yet durable.
+
+use crate::disk::{AimedFault, DiskConfig, Latency, SimDisk};
+use crate::executor::{SimRuntime, World};
+use crate::model::{decode, sector_bytes, Allowed, Model, UNDEF};
+use writeboost::engine::{CreateError, CreateOptions, Options, Volume};
+use writeboost::format::RECORD_OFFSETS_BYTES;
+
+type Vol = Volume<SimDisk, SimRuntime>;
+
+struct Rig {
+    world: World,
+    cache: SimDisk,
+    backing: SimDisk,
+    model: Model,
+    next_id: u64,
+    seg_kib: u32,
+    nr_sectors: u64,
+    creates: u64,
+}
+
+fn options() -> Options {
+    let mut o = Options {
+        writeback_threshold: 0,
+        nr_max_batched_writeback: 1,
+        read_cache_threshold: 0,
+        sequential_cutoff_kib: 0,
+        update_sb_record_interval: 0,
+        sync_data_interval: 0,
+        ..Options::default()
+    };
+    // Small writes may bypass too (engines without this tunable do so anyway).
+    let _ = o.set("sequential_cutoff_min_io_kib", 0, true);
+    o
+}
+
+impl Rig {
+    fn new(seed: u64, seg_kib: u32, nr_segments: u64, backing_mib: u64) -> Rig {
+        let world = World::new(seed);
+        let disk = |name, size_bytes, min_ns, max_ns| {
+            let d = SimDisk::new(
+                &world,
+                DiskConfig {
+                    name,
+                    size_bytes,
+                    read_error_per_10k: 0,
+                    write_error_per_10k: 0,
+                    flush_error_per_10k: 0,
+                    latency: Latency::Uniform { min_ns, max_ns },
+                },
+            );
+            d.st.borrow_mut().faults_enabled = false;
+            d.st.borrow_mut().power_cut_loses_all = true;
+            d
+        };
+        let cache = disk(
+            "sim-cache",
+            (1 << 20) + nr_segments * seg_kib as u64 * 1024,
+            2_000,
+            40_000,
+        );
+        let backing = disk("sim-backing", backing_mib << 20, 20_000, 400_000);
+        let nr_sectors = (backing_mib << 20) / 512;
+        let mut model = Model::new(nr_sectors);
+        {
+            let mut st = backing.st.borrow_mut();
+            for x in 0..nr_sectors {
+                let o = x as usize * 512;
+                sector_bytes(1, x, &mut st.durable[o..o + 512]);
+                model.collapse(x, 1);
+            }
+            st.view = st.durable.clone();
+        }
+        Rig {
+            world,
+            cache,
+            backing,
+            model,
+            next_id: 2,
+            seg_kib,
+            nr_sectors,
+            creates: 0,
+        }
+    }
+
+    /// Creates the volume and starts a poller (the daemons' step functions) for it.
+    fn create(&mut self, options: Options) -> Result<Vol, CreateError> {
+        self.creates += 1;
+        let mut uuid = [0u8; 16];
+        uuid[0] = self.creates as u8;
+        let opts = CreateOptions {
+            options,
+            segment_size_kib: Some(self.seg_kib),
+            force_format: false,
+            new_format_uuid: uuid,
+            nr_ram_buffers: 4,
+            accept_damaged_log: false,
+        };
+        let (c, b, rt) = (
+            self.cache.clone(),
+            self.backing.clone(),
+            SimRuntime(self.world.clone()),
+        );
+        let (v, _) = self
+            .world
+            .block_on(async move { Volume::create(c, b, rt, opts).await })
+            .expect("create stalled")?;
+        let (p, w) = (v.clone(), self.world.clone());
+        self.world.spawn_task(async move {
+            loop {
+                p.poll_all();
+                p.check_invariants();
+                let d = w.rng().range(5_000, 300_000);
+                w.after(d).await;
+            }
+        });
+        Ok(v)
+    }
+
+    fn write(&mut self, vol: &Vol, s: u64, len: u64, fua: bool) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut buf = vec![0u8; len as usize * 512];
+        for (i, c) in buf.chunks_mut(512).enumerate() {
+            sector_bytes(id, s + i as u64, c);
+        }
+        let w = self.model.begin_write(s, len, id);
+        let v = vol.clone();
+        let r = self
+            .world
+            .block_on(async move { v.write(s, &buf, fua).await })
+            .expect("write stalled");
+        self.model.end_write(&w, r.is_ok(), fua);
+        r.expect("write");
+        id
+    }
+
+    fn write_zeroes(&mut self, vol: &Vol, s: u64, len: u64, fua: bool) {
+        let w = self.model.begin_write(s, len, 0);
+        let v = vol.clone();
+        let r = self
+            .world
+            .block_on(async move { v.write_zeroes(s, len, fua).await })
+            .expect("write_zeroes stalled");
+        self.model.end_write(&w, r.is_ok(), fua);
+        r.expect("write_zeroes");
+    }
+
+    fn read(&mut self, vol: &Vol, s: u64, len: u64) -> Result<(), String> {
+        let t = self.model.begin_read();
+        let v = vol.clone();
+        let buf = self
+            .world
+            .block_on(async move {
+                let mut b = vec![0u8; len as usize * 512];
+                v.read(s, &mut b).await.map(|()| b)
+            })
+            .expect("read stalled")
+            .expect("read");
+        self.model.check_read(t, s, &buf)
+    }
+
+    fn flush(&mut self, vol: &Vol) {
+        let t = self.model.begin_flush();
+        let v = vol.clone();
+        self.world
+            .block_on(async move { v.flush().await })
+            .expect("flush stalled")
+            .expect("flush");
+        self.model.end_flush(t);
+    }
+
+    /// Lets the daemons run for `ns` of virtual time.
+    fn idle(&mut self, ns: u64) {
+        let w = self.world.clone();
+        self.world
+            .block_on(async move { w.after(ns).await })
+            .expect("idle");
+    }
+
+    fn power_cut(&mut self) {
+        self.world.kill_all();
+        self.cache.power_cut();
+        self.backing.power_cut();
+        self.model.reset_in_flight();
+    }
+
+    fn shutdown(&mut self, vol: &Vol) {
+        let v = vol.clone();
+        self.world
+            .block_on(async move { v.shutdown().await })
+            .expect("shutdown stalled")
+            .expect("shutdown");
+        self.model.all_durable();
+        self.world.kill_all();
+    }
+
+    fn read_all(&mut self, vol: &Vol) -> Vec<u8> {
+        let n = self.nr_sectors;
+        let v = vol.clone();
+        self.world
+            .block_on(async move {
+                let mut buf = vec![0u8; n as usize * 512];
+                for s in (0..n).step_by(256) {
+                    let len = 256.min(n - s);
+                    v.read(s, &mut buf[s as usize * 512..(s + len) as usize * 512])
+                        .await?;
+                }
+                Ok::<_, writeboost::engine::IoError>(buf)
+            })
+            .expect("read stalled")
+            .expect("read")
+    }
+
+    /// Checks every sector, after a power cut (`crashed`) or as one read.
+    fn verify(&mut self, vol: &Vol, crashed: bool) -> Result<(), String> {
+        let t = self.model.begin_read();
+        let data = self.read_all(vol);
+        if !crashed {
+            return self.model.check_read(t, 0, &data);
+        }
+        self.model.end_read(t);
+        for x in 0..self.nr_sectors {
+            let got = decode(&data[x as usize * 512..(x as usize + 1) * 512], x);
+            let allowed = self.model.after_crash(x);
+            match got {
+                Some(_) if matches!(allowed, Allowed::Any) => self.model.collapse(x, UNDEF),
+                Some(id) if allowed.permits(id) => self.model.collapse(x, id),
+                got => {
+                    return Err(format!(
+                        "after the power cut sector {x} holds write {got:?}, allowed {allowed:?}"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// drop_caches, then the backing device's durable image must hold what the volume reads.
+    fn drain_and_check_backing(&mut self, vol: &Vol) -> Result<(), String> {
+        let v = vol.clone();
+        self.world
+            .block_on(async move { v.drop_caches().await })
+            .expect("drop_caches stalled")
+            .expect("drop_caches");
+        self.verify(vol, false)?;
+        let data = self.read_all(vol);
+        let durable = self.backing.st.borrow().durable.clone();
+        for x in 0..self.nr_sectors as usize {
+            let (a, b) = (
+                &data[x * 512..(x + 1) * 512],
+                &durable[x * 512..(x + 1) * 512],
+            );
+            if a != b {
+                return Err(format!(
+                    "after drop_caches sector {x} reads write {:?} but the backing device holds {:?}",
+                    decode(a, x as u64),
+                    decode(b, x as u64)
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn counters(vol: &Vol) -> writeboost::engine::Counters {
+    vol.status().counters
+}
+
+/// Fills half of the cache with dirty blocks: every other block from 0 (no sequential stream).
+fn make_half_dirty(rig: &mut Rig, vol: &Vol) {
+    let half = vol.status().nr_cache_blocks / 2 + 2;
+    for k in 0..half {
+        rig.write(vol, k * 16, 8, false);
+    }
+    assert!(vol.status().nr_dirty_cache_blocks * 2 >= vol.status().nr_cache_blocks);
+}
+
+/// Defect 1 of issue 15: a FUA write-zeroes longer than the 1 MiB chunk whose chunks take
+/// different paths (one bypassed to the backing device by the sequential cutoff, one logged) must
+/// make both durable before it completes.
+fn fua_write_zeroes_across_devices(seed: u64, cached_in_first_chunk: bool) -> Result<(), String> {
+    let mut rig = Rig::new(seed, 64, 64, 16);
+    let o = Options {
+        sequential_cutoff_kib: 4,
+        ..options()
+    };
+    let vol = rig.create(o.clone()).map_err(|e| e.to_string())?;
+    make_half_dirty(&mut rig, &vol);
+    // Chunks [16384, 18432) and [18432, 18496); one cached block in one of them keeps that chunk
+    // in the log, the other goes to the backing device.
+    let s = 16384;
+    let cached = if cached_in_first_chunk {
+        s + 512
+    } else {
+        s + 2048 + 8
+    };
+    rig.write(&vol, cached, 8, false);
+    let bypassed_before = counters(&vol).bytes_bypassed;
+    rig.write_zeroes(&vol, s, 2048 + 64, true);
+    assert!(
+        counters(&vol).bytes_bypassed > bypassed_before,
+        "scenario: no chunk bypassed the cache"
+    );
+    rig.power_cut();
+    let vol = rig.create(o).map_err(|e| e.to_string())?;
+    rig.verify(&vol, true)
+}
+
+#[test]
+fn issue15_fua_write_zeroes_bypassed_then_logged() {
+    for seed in 0..3 {
+        fua_write_zeroes_across_devices(seed, false).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+}
+
+#[test]
+fn issue15_fua_write_zeroes_logged_then_bypassed() {
+    for seed in 0..3 {
+        fua_write_zeroes_across_devices(seed, true).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+}
+
+/// Defect 2 of issue 15: a block staged by read caching in write-around mode, then written
+/// (write-around, FUA), must not come back when the cache is resumed in write-back mode.
+fn write_around_then_write_back(seed: u64, power_cut: bool) -> Result<(), String> {
+    let mut rig = Rig::new(seed, 16, 8, 1);
+    let wa = Options {
+        write_around_mode: true,
+        read_cache_threshold: 1,
+        ..options()
+    };
+    let vol = rig.create(wa).map_err(|e| e.to_string())?;
+    rig.read(&vol, 0, 8)?;
+    assert_eq!(
+        counters(&vol).staged_blocks,
+        1,
+        "scenario: the read staged nothing"
+    );
+    rig.flush(&vol);
+    rig.write(&vol, 0, 8, true);
+    if power_cut {
+        rig.power_cut();
+    } else {
+        rig.shutdown(&vol);
+    }
+    let vol = rig.create(options()).map_err(|e| e.to_string())?;
+    rig.verify(&vol, power_cut)?;
+    rig.read(&vol, 0, 8)?;
+    rig.drain_and_check_backing(&vol)
+}
+
+#[test]
+fn issue15_write_around_resumed_in_write_back_mode() {
+    for seed in 0..2 {
+        for cut in [false, true] {
+            write_around_then_write_back(seed, cut)
+                .unwrap_or_else(|e| panic!("seed {seed} power cut {cut}: {e}"));
+        }
+    }
+}
+
+/// Defect 3 of issue 15: a read stages (clean) a block whose write bypassed the cache and is not
+/// flushed on the backing device yet; an internal cache flush makes the staged copy durable; after
+/// a power cut the staged copy must not outlive the write it copied.
+fn staged_copy_of_unflushed_bypass(seed: u64) -> Result<(), String> {
+    let mut rig = Rig::new(seed, 64, 32, 16);
+    let o = Options {
+        sequential_cutoff_kib: 4,
+        read_cache_threshold: 4,
+        ..options()
+    };
+    let vol = rig.create(o.clone()).map_err(|e| e.to_string())?;
+    make_half_dirty(&mut rig, &vol);
+    let s = 16384;
+    for k in 0..4 {
+        rig.write(&vol, s + k * 16, 16, false);
+    }
+    assert!(
+        counters(&vol).bytes_bypassed > 0,
+        "scenario: nothing bypassed the cache"
+    );
+    // The engine before the fix staged this block here (a fixed one may decline to).
+    rig.read(&vol, s, 8)?;
+    // The sync daemon seals and flushes the cache device (not the backing device).
+    vol.set_option("sync_data_interval", 1).unwrap();
+    rig.idle(1_500_000_000);
+    rig.power_cut();
+    let vol = rig.create(o).map_err(|e| e.to_string())?;
+    rig.verify(&vol, true)?;
+    rig.drain_and_check_backing(&vol)
+}
+
+#[test]
+fn issue15_staged_copy_of_an_unflushed_bypassed_write() {
+    for seed in 0..3 {
+        staged_copy_of_unflushed_bypass(seed).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+}
+
+/// Where replay reads fail (defect 4 of issue 15).
+#[derive(Debug, Clone, Copy)]
+enum Unreadable {
+    RecordCopy(usize),
+    /// The header of a slot that never held a segment.
+    UnusedSlotHeader,
+    /// The header of a slot whose segment was written back.
+    WrittenBackSlotHeader,
+    /// The header of the newest segment (it holds acknowledged data).
+    NewestHeader,
+    /// The first data block of the newest segment (read to verify it after a power cut).
+    NewestData,
+}
+
+/// Builds a log (some segments written back, then dirty ones), ends it with a clean shutdown or
+/// a power cut, then creates with a read error on `what` (transient: `count` reads fail). Returns
+/// the create's result; the data must be intact if it succeeds, and after a create without
+/// faults if it did not.
+fn replay_with_read_error(
+    seed: u64,
+    what: Unreadable,
+    power_cut: bool,
+    count: u32,
+) -> Result<bool, String> {
+    let mut rig = Rig::new(seed, 16, 16, 1);
+    let vol = rig.create(options()).map_err(|e| e.to_string())?;
+    // Segments of 3 data blocks: 4 segments written back, 3 dirty ones (the last with FUA).
+    for k in 0..12 {
+        rig.write(&vol, k * 8, 8, false);
+    }
+    rig.flush(&vol);
+    let v = vol.clone();
+    rig.world
+        .block_on(async move { v.drop_caches().await })
+        .expect("drop_caches stalled")
+        .expect("drop_caches");
+    for k in 12..20 {
+        rig.write(&vol, k * 8, 8, false);
+    }
+    rig.write(&vol, 20 * 8, 8, true);
+    let st = vol.status();
+    let geo = vol.superblock().geometry;
+    if power_cut {
+        rig.power_cut();
+    } else {
+        rig.shutdown(&vol);
+    }
+    let (start, len) = match what {
+        Unreadable::RecordCopy(k) => (RECORD_OFFSETS_BYTES[k], 4096),
+        Unreadable::UnusedSlotHeader => (geo.slot_offset_bytes(geo.nr_segments - 1), 4096),
+        Unreadable::WrittenBackSlotHeader => (geo.slot_offset_bytes(geo.slot_of_id(1)), 4096),
+        Unreadable::NewestHeader => (
+            geo.slot_offset_bytes(geo.slot_of_id(st.last_flushed_id)),
+            4096,
+        ),
+        Unreadable::NewestData => (
+            geo.data_block_offset_bytes(geo.slot_of_id(st.last_flushed_id), 0),
+            4096,
+        ),
+    };
+    assert!(st.last_writeback_id >= 1 && st.last_flushed_id > st.last_writeback_id);
+    assert!(
+        st.last_flushed_id < geo.nr_segments - 1,
+        "scenario: the log wrapped"
+    );
+    rig.cache.st.borrow_mut().fail_reads = vec![AimedFault {
+        start,
+        end: start + len,
+        count,
+    }];
+    let first = rig.create(options());
+    let hit = rig.cache.st.borrow().aimed_read_errors > 0;
+    assert!(hit, "scenario: create did not read {what:?}");
+    rig.cache.st.borrow_mut().fail_reads.clear();
+    let ok = first.is_ok();
+    let vol = match first {
+        Ok(v) => v,
+        Err(_) => rig
+            .create(options())
+            .map_err(|e| format!("create without faults: {e}"))?,
+    };
+    rig.verify(&vol, power_cut)?;
+    rig.drain_and_check_backing(&vol)?;
+    Ok(ok)
+}
+
+#[test]
+fn issue15_replay_treats_an_unreadable_record_or_header_as_missing() {
+    // An unreadable copy of the record, or header of a slot with nothing live in it, hides
+    // nothing the other blocks do not say: create must succeed, with every write intact.
+    for what in [
+        Unreadable::RecordCopy(0),
+        Unreadable::RecordCopy(1),
+        Unreadable::UnusedSlotHeader,
+        Unreadable::WrittenBackSlotHeader,
+    ] {
+        for cut in [false, true] {
+            for count in [1, u32::MAX] {
+                let ok = replay_with_read_error(7, what, cut, count)
+                    .unwrap_or_else(|e| panic!("{what:?} power cut {cut}: {e}"));
+                assert!(ok, "create failed with {what:?} unreadable (power cut {cut}, {count} failed reads)");
+            }
+        }
+    }
+}
+
+#[test]
+fn issue15_replay_with_the_newest_segment_unreadable_loses_nothing() {
+    // The newest segment holds a FUA write that no other block proves durable: create may refuse
+    // (and then succeed once the segment reads), or succeed, but never lose the write.
+    for (what, cut) in [
+        (Unreadable::NewestHeader, false),
+        (Unreadable::NewestHeader, true),
+        (Unreadable::NewestData, true),
+    ] {
+        for count in [1, u32::MAX] {
+            replay_with_read_error(7, what, cut, count)
+                .unwrap_or_else(|e| panic!("{what:?} power cut {cut}, {count} failed reads: {e}"));
+        }
+    }
+}

@@ -93,8 +93,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 self.note_cache_error(&mut st, ErrorKind::CacheWrite);
                 let now = self.rt.now_ns();
                 let since = *first_failure_ns.get_or_insert(now);
-                if attempts == SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR {
-                    // FLUSH/FUA waiting on it fail; the write keeps retrying.
+                if attempts >= SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR {
+                    // FLUSH/FUA waiting on it fail, also those that began waiting after an
+                    // earlier failure; the write keeps retrying.
                     st.durability_error_gen += 1;
                 }
                 // Bounded retries: a segment that keeps failing for longer than the error

@@ -54,6 +54,12 @@ pub struct DiskState {
     /// The HDD is busy until this time (requests are served one at a time).
     busy_until_ns: u64,
     pub faults_enabled: bool,
+    /// The device failed for good (whatever `faults_enabled` says): `WritesFail` fails every
+    /// write, flush and discard (reads still work); `Gone` fails every operation.
+    pub dead: Option<Dead>,
+    /// Operations refused because the device is dead, and when the first write was.
+    pub dead_refusals: u64,
+    pub first_refusal_ns: Option<u64>,
     /// Added to the read and write error rates while faults are enabled (bursts, e.g. during
     /// create).
     pub fault_boost_per_10k: u64,
@@ -71,6 +77,13 @@ pub struct DiskState {
     pub discards: u64,
     /// Tag of this disk in the execution trace.
     trace_tag: u64,
+}
+
+/// How a device failed for good.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dead {
+    WritesFail,
+    Gone,
 }
 
 /// A read error aimed at a byte range.
@@ -107,6 +120,9 @@ impl SimDisk {
                 head_pos: 0,
                 busy_until_ns: 0,
                 faults_enabled: true,
+                dead: None,
+                dead_refusals: 0,
+                first_refusal_ns: None,
                 fault_boost_per_10k: 0,
                 fail_reads: Vec::new(),
                 aimed_read_errors: 0,
@@ -145,6 +161,21 @@ impl SimDisk {
                 st.busy_until_ns - now
             }
         }
+    }
+
+    /// True (and counted) if the device is dead for this kind of operation.
+    fn refused(&self, is_read: bool) -> bool {
+        let mut st = self.st.borrow_mut();
+        let refused = match st.dead {
+            None => false,
+            Some(Dead::WritesFail) => !is_read,
+            Some(Dead::Gone) => true,
+        };
+        st.dead_refusals += refused as u64;
+        if refused && !is_read && st.first_refusal_ns.is_none() {
+            st.first_refusal_ns = Some(self.world.now_ns());
+        }
+        refused
     }
 
     fn fault(&self, per_10k: u64) -> bool {
@@ -307,7 +338,8 @@ impl BlockDevice for SimDisk {
         self.trace(1, off, buf.len() as u64);
         let lat = self.latency_ns(off, buf.len() as u64);
         self.world.after(lat).await;
-        if self.aimed_read_fault(off, buf.len() as u64)
+        if self.refused(true)
+            || self.aimed_read_fault(off, buf.len() as u64)
             || self.io_fault(self.st.borrow().cfg.read_error_per_10k)
         {
             self.trace(2, off, u64::MAX);
@@ -339,7 +371,8 @@ impl BlockDevice for SimDisk {
         };
         let lat = self.latency_ns(off, buf.len() as u64);
         self.world.after(lat).await;
-        let failed = self.io_fault(self.st.borrow().cfg.write_error_per_10k);
+        let refused = self.refused(false);
+        let failed = refused || self.io_fault(self.st.borrow().cfg.write_error_per_10k);
         self.trace(4, off, failed as u64);
         trace_io(
             self,
@@ -351,6 +384,9 @@ impl BlockDevice for SimDisk {
         let Some((off, data)) = st.inflight.remove(&id) else {
             return Err(io_error(DeviceOp::Write, off, buf.len() as u64));
         };
+        if refused {
+            return Err(io_error(DeviceOp::Write, off, data.len() as u64));
+        }
         if failed {
             // A failed write may still have landed partially: tear it into the view.
             let mut rng = self.world.rng();
@@ -377,7 +413,7 @@ impl BlockDevice for SimDisk {
         self.trace(5, covered as u64, 0);
         let lat = self.world.rng().range(1_000, 20_000);
         self.world.after(lat).await;
-        if self.fault(self.st.borrow().cfg.flush_error_per_10k) {
+        if self.refused(false) || self.fault(self.st.borrow().cfg.flush_error_per_10k) {
             self.trace(6, 1, 0);
             return Err(io_error(DeviceOp::Flush, 0, 0));
         }
@@ -397,6 +433,9 @@ impl BlockDevice for SimDisk {
         self.trace(7, off, len);
         let lat = self.world.rng().range(1_000, 5_000);
         self.world.after(lat).await;
+        if self.refused(false) {
+            return Err(io_error(DeviceOp::Discard, off, len));
+        }
         let failed = self.fault(self.st.borrow().cfg.write_error_per_10k);
         // What the device does with the range: nothing, zeroes everywhere, zeroes in whole 4 KiB
         // granules only, or zeroes in some sectors. A failed discard may have done part of it.

@@ -7,7 +7,7 @@
 //! by sector; finally faults stop, writeback must drain, and the backing device's durable image
 //! alone must hold the data.
 
-use crate::disk::{DiskConfig, Latency, SimDisk};
+use crate::disk::{Dead, DiskConfig, Latency, SimDisk};
 use crate::executor::{RunEnd, SimRuntime, World};
 use crate::model::{decode, sector_bytes, Allowed, Model, UNDEF};
 use std::cell::{Cell, RefCell};
@@ -58,6 +58,10 @@ pub struct Swarm {
     pub hot_start: u64,
     /// Faults during create (replay), shutdown, and power cuts that interrupt them.
     pub lifecycle_faults: bool,
+    /// After the epochs, the cache device fails for good while clients run: the volume must
+    /// degrade, keep serving from the backing device, never return older data, and (while the
+    /// cache still reads) lose nothing acknowledged.
+    pub cache_failure: Option<Dead>,
     /// Plant the canary bug (FLUSH without a cache flush) in every volume.
     pub canary: bool,
 }
@@ -71,7 +75,10 @@ impl Swarm {
 
     pub fn from_seed(world: &World) -> Swarm {
         let mut r = world.rng();
-        let faulty = r.chance(30);
+        // Cache and backing faults independently: transient backing errors under a healthy
+        // cache must fail no host write (the oracle checks it), so that pair must be common.
+        let cache_faulty = r.chance(25);
+        let backing_faulty = r.chance(35);
         let dirty = r.chance(25);
         let backing_sectors = if r.chance(25) {
             r.range(1024, 4096) * 8
@@ -103,8 +110,8 @@ impl Swarm {
             },
             ops_per_epoch: r.range(30, 250),
             epochs: r.range(1, 4),
-            cache_faults_per_10k: if faulty { r.range(0, 80) } else { 0 },
-            backing_faults_per_10k: if faulty { r.range(0, 80) } else { 0 },
+            cache_faults_per_10k: if cache_faulty { r.range(1, 80) } else { 0 },
+            backing_faults_per_10k: if backing_faulty { r.range(1, 80) } else { 0 },
             write_around: r.chance(10),
             mode_changes: r.chance(20),
             fua_pct: r.range(0, 20),
@@ -127,6 +134,15 @@ impl Swarm {
             flush_pct,
             hot_start: r.below(backing_sectors - HOT_SECTORS),
             lifecycle_faults: r.chance(25),
+            cache_failure: if r.chance(12) {
+                Some(if r.chance(50) {
+                    Dead::WritesFail
+                } else {
+                    Dead::Gone
+                })
+            } else {
+                None
+            },
             canary: false,
         }
     }
@@ -208,6 +224,13 @@ pub struct Coverage {
     pub shutdowns_failed: u64,
     pub shutdowns_cut_by_power: u64,
     pub power_cuts: u64,
+    pub seeds_cache_failure: u64,
+    pub seeds_degraded: u64,
+    /// The longest time from the cache's failure to the volume degraded, in ns.
+    pub ns_to_degraded_max: u64,
+    pub reads_failed_cache_gone: u64,
+    /// Bypassed writes the engine retried in the log after the backing device failed them.
+    pub bypass_retried_in_log: u64,
 }
 
 impl Coverage {
@@ -238,8 +261,13 @@ impl Coverage {
             shutdowns_with_faults,
             shutdowns_failed,
             shutdowns_cut_by_power,
-            power_cuts
+            power_cuts,
+            seeds_cache_failure,
+            seeds_degraded,
+            reads_failed_cache_gone,
+            bypass_retried_in_log
         );
+        self.ns_to_degraded_max = self.ns_to_degraded_max.max(o.ns_to_degraded_max);
     }
 }
 
@@ -270,6 +298,14 @@ struct Ctx {
     staged: Cell<u64>,
     bypassed: Cell<u64>,
     multi_chunk_zeroes: Cell<u64>,
+    /// Writes must not fail now: a write-back volume over a cache without faults (the backing
+    /// device's errors are transient, and the engine retries its own bypasses in the log).
+    healthy_write_back: Cell<bool>,
+    /// Client operations in flight: tag -> the `pick` that chose it (shown when a run hangs).
+    ops_in_flight: RefCell<std::collections::BTreeMap<u64, u64>>,
+    next_op_tag: Cell<u64>,
+    /// Virtual time at which the poller first saw the volume degraded.
+    degraded_at: Cell<Option<u64>>,
 }
 
 impl Ctx {
@@ -281,6 +317,18 @@ impl Ctx {
         let at = self.cut_at_ack.get();
         if at != u64::MAX && (n >= at || big && self.world.rng().chance(50)) {
             self.cut_now.set(true);
+        }
+    }
+
+    /// Checks the result of a host write (or write-zeroes) against `healthy_write_back`.
+    fn check_write<T, E: std::fmt::Display>(&self, what: &str, r: &Result<T, E>) {
+        if let Err(e) = r {
+            if self.healthy_write_back.get() {
+                self.record_failure(
+                    "a host write failed on a healthy write-back cache",
+                    format!("{what}: {e}"),
+                );
+            }
         }
     }
 
@@ -377,6 +425,7 @@ async fn do_write(ctx: &Ctx, vol: &Vol) {
     trace_op(ctx, &format!("write id={id} fua={fua} begin"), s, len);
     let r = vol.write(s, &buf, fua).await;
     trace_op(ctx, &format!("write id={id} end {r:?}"), s, len);
+    ctx.check_write("write", &r);
     ctx.model.borrow_mut().end_write(&w, r.is_ok(), fua);
     if fua && r.is_ok() {
         ctx.durable_ack(false);
@@ -412,6 +461,7 @@ async fn do_stream(ctx: &Ctx, vol: &Vol) {
         writes.push(async move {
             let r = vol.write(s, &buf, false).await;
             trace_op(ctx, &format!("stream write id={id} end {r:?}"), s, len);
+            ctx.check_write("stream write", &r);
             ctx.model.borrow_mut().end_write(&w, r.is_ok(), false);
         });
         s += len;
@@ -439,6 +489,7 @@ async fn do_stream(ctx: &Ctx, vol: &Vol) {
         trace_op(ctx, &format!("write id={id} fua=true begin"), s, 8);
         let r = vol.write(s, &buf, true).await;
         trace_op(ctx, &format!("write id={id} end {r:?}"), s, 8);
+        ctx.check_write("FUA write after a stream", &r);
         ctx.model.borrow_mut().end_write(&w, r.is_ok(), true);
         if r.is_ok() {
             ctx.durable_ack(false);
@@ -534,6 +585,7 @@ async fn do_write_zeroes(ctx: &Ctx, vol: &Vol) {
     trace_op(ctx, &format!("write_zeroes fua={fua} begin"), s, len);
     let r = vol.write_zeroes(s, len, fua).await;
     trace_op(ctx, &format!("write_zeroes end {r:?}"), s, len);
+    ctx.check_write("write_zeroes", &r);
     ctx.model.borrow_mut().end_write(&w, r.is_ok(), fua);
     if fua && r.is_ok() {
         ctx.durable_ack(big);
@@ -547,6 +599,9 @@ async fn client(ctx: Rc<Ctx>, vol: Vol) {
         }
         ctx.ops_left.set(ctx.ops_left.get() - 1);
         let pick = ctx.world.rng().below(100);
+        let me = ctx.next_op_tag.get();
+        ctx.next_op_tag.set(me + 1);
+        ctx.ops_in_flight.borrow_mut().insert(me, pick);
         let flush_end = 75 + ctx.swarm.flush_pct;
         let discard_end = flush_end + ctx.swarm.discard_pct;
         if pick < 40 {
@@ -590,6 +645,7 @@ async fn client(ctx: Rc<Ctx>, vol: Vol) {
             let d = ctx.world.rng().range(1_000, 200_000);
             ctx.world.after(d).await;
         }
+        ctx.ops_in_flight.borrow_mut().remove(&me);
     }
     ctx.clients_running.set(ctx.clients_running.get() - 1);
 }
@@ -604,6 +660,9 @@ async fn poller(vol: Vol, ctx: Rc<Ctx>, stop: Rc<Cell<bool>>) {
             if s.nr_dirty_cache_blocks * 2 >= s.nr_cache_blocks {
                 ctx.half_dirty.set(true);
             }
+        }
+        if ctx.degraded_at.get().is_none() && vol.status().state == "degraded" {
+            ctx.degraded_at.set(Some(world.now_ns()));
         }
         let d = world.rng().range(5_000, 300_000);
         world.after(d).await;
@@ -698,6 +757,7 @@ fn power_cut(ctx: &Ctx, cache: &SimDisk, backing: &SimDisk) {
 /// Counters of a volume about to be dropped, into the coverage.
 fn retire(ctx: &Ctx, vol: &Vol) {
     let c = vol.status().counters;
+    ctx.cov.borrow_mut().bypass_retried_in_log += c.bypass_retried_in_log;
     ctx.staged.set(ctx.staged.get() + c.staged_blocks);
     ctx.bypassed.set(ctx.bypassed.get() + c.bytes_bypassed);
 }
@@ -985,6 +1045,10 @@ fn run_swarm(world: &World, swarm: &Swarm) -> Result<Coverage, Failure> {
         staged: Cell::new(0),
         bypassed: Cell::new(0),
         multi_chunk_zeroes: Cell::new(0),
+        healthy_write_back: Cell::new(false),
+        ops_in_flight: RefCell::new(Default::default()),
+        next_op_tag: Cell::new(0),
+        degraded_at: Cell::new(None),
     });
     run_epochs(&ctx, &cache, &backing).map_err(|mut f| {
         let c = ctx.cov.borrow();
@@ -998,6 +1062,170 @@ fn run_swarm(world: &World, swarm: &Swarm) -> Result<Coverage, Failure> {
     })
 }
 
+/// One full-block write (1-3 blocks) outside the clients, checked by the model.
+fn phase_write(
+    ctx: &Rc<Ctx>,
+    vol: &Vol,
+    fua: bool,
+) -> Result<Result<(), writeboost::engine::IoError>, Failure> {
+    let n = ctx.n();
+    let len = 8 * ctx.world.rng().range(1, 4).min(n / 8);
+    let s = ctx.place(len, 8);
+    let id = ctx.next_id.get();
+    ctx.next_id.set(id + 1);
+    let mut buf = vec![0u8; len as usize * 512];
+    fill(&mut buf, s, id);
+    let wt = ctx.write_ticket_begin(s, len, id);
+    let v = vol.clone();
+    let r = ctx
+        .world
+        .block_on(async move { v.write(s, &buf, fua).await })
+        .ok_or_else(|| Failure {
+            property: "a write after the cache failed stalled".into(),
+            detail: String::new(),
+        })?;
+    ctx.model.borrow_mut().end_write(&wt, r.is_ok(), fua);
+    note(
+        &ctx.world,
+        &format!("phase write [{s}, +{len}) fua={fua}: {r:?}"),
+    );
+    Ok(r)
+}
+
+/// The cache device fails for good at a seeded instant while clients run (the backing device
+/// has no faults). Reads may fail but never return older data; the volume must become
+/// degraded (the flusher retries a failed segment write for at most a second); writes that
+/// begin once it is degraded and a cache that still reads must succeed. Returns true if the
+/// run may go on to the final drain (the cache still reads), false if the cache is gone (every
+/// sector is then read once: an error or allowed data).
+fn cache_failure_phase(
+    ctx: &Rc<Ctx>,
+    cache: &SimDisk,
+    vol: &Vol,
+    kind: Dead,
+    write_around: bool,
+) -> Result<bool, Failure> {
+    let world = &ctx.world;
+    set_faults(&[cache], false, 0);
+    ctx.cov.borrow_mut().seeds_cache_failure += 1;
+    note(world, &format!("cache failure phase: {kind:?}"));
+    ctx.ops_in_flight.borrow_mut().clear();
+    ctx.ops_left.set(ctx.swarm.ops_per_epoch);
+    ctx.clients_running.set(ctx.swarm.clients);
+    let stop = Rc::new(Cell::new(false));
+    world.spawn_task(poller(vol.clone(), ctx.clone(), stop.clone()));
+    for _ in 0..ctx.swarm.clients {
+        world.spawn_task(client(ctx.clone(), vol.clone()));
+    }
+    ctx.healthy_write_back.set(false);
+    let die_at = world.now_ns() + world.rng().range(0, 5_000_000);
+    let deadline = world.now_ns() + 600_000_000_000;
+    let (c2, w2) = (ctx.clone(), world.clone());
+    world.run_until(|| {
+        c2.failure.borrow().is_some() || c2.clients_running.get() == 0 || w2.now_ns() >= die_at
+    });
+    cache.st.borrow_mut().dead = Some(kind);
+    note(world, "the cache device failed");
+    let (c2, w2) = (ctx.clone(), world.clone());
+    let end = world.run_until(|| {
+        c2.failure.borrow().is_some() || c2.clients_running.get() == 0 || w2.now_ns() > deadline
+    });
+    if let Some(f) = ctx.failure.borrow_mut().take() {
+        return Err(f);
+    }
+    if end == RunEnd::Stalled {
+        return fail("deadlock after the cache failed", format!("{kind:?}"));
+    }
+    if world.now_ns() > deadline {
+        return fail(
+            "liveness: clients did not finish in 600 s of virtual time after the cache failed",
+            format!(
+                "{kind:?}: {} clients still running, ops in flight (pick) {:?}; {:?}",
+                ctx.clients_running.get(),
+                ctx.ops_in_flight.borrow().values().collect::<Vec<_>>(),
+                vol.status()
+            ),
+        );
+    }
+    // FUA writes (they may fail: the cache cannot make them durable) make the flusher write
+    // segments; one that keeps failing degrades the volume within a second. (No sequential
+    // cutoff: these must go to the log. A write-around volume writes no segments: it need not
+    // degrade.)
+    set_option(vol, "sequential_cutoff_kib", 0);
+    for _ in 0..4 {
+        let _may_fail = phase_write(ctx, vol, true)?;
+    }
+    let w = world.clone();
+    world.block_on(async move { w.after(2_000_000_000).await });
+    let (refusals, first_refusal) = {
+        let c = cache.st.borrow();
+        (c.dead_refusals, c.first_refusal_ns)
+    };
+    let state = vol.status().state;
+    if refusals > 0 && state != "degraded" && !write_around {
+        return fail(
+            "the cache failed for good but the volume is not degraded",
+            format!(
+                "{kind:?}: {refusals} refused operations, state {state}; {:?}",
+                vol.status()
+            ),
+        );
+    }
+    if let (Some(t), Some(f)) = (ctx.degraded_at.get(), first_refusal) {
+        let mut c = ctx.cov.borrow_mut();
+        c.seeds_degraded += 1;
+        c.ns_to_degraded_max = c.ns_to_degraded_max.max(t.saturating_sub(f));
+    }
+    // Writes on the degraded volume go to the backing device and must succeed where the cache
+    // is not needed: full-block writes without FUA.
+    for _ in 0..8 {
+        let r = phase_write(ctx, vol, false)?;
+        if state != "degraded" {
+            continue;
+        }
+        if let Err(e) = r {
+            return fail(
+                "a full-block write failed on the degraded volume",
+                e.to_string(),
+            );
+        }
+    }
+    stop.set(true);
+    if kind == Dead::WritesFail {
+        // The cache still reads: drop_caches (in the final drain) must get every acknowledged
+        // write to the backing device.
+        return Ok(true);
+    }
+    // Gone: every sector either fails to read or holds allowed data.
+    let n = ctx.n();
+    for s in (0..n).step_by(8) {
+        let len = 8.min(n - s);
+        let started = ctx.model.borrow_mut().begin_read();
+        let v = vol.clone();
+        let r = world
+            .block_on(async move {
+                let mut b = vec![0u8; len as usize * 512];
+                v.read(s, &mut b).await.map(|()| b)
+            })
+            .ok_or_else(|| Failure {
+                property: "a read of the volume stalled after the cache was gone".into(),
+                detail: String::new(),
+            })?;
+        match r {
+            Ok(buf) => {
+                if let Err(e) = ctx.model.borrow_mut().check_read(started, s, &buf) {
+                    return fail("a read returned stale data after the cache was gone", e);
+                }
+            }
+            Err(_) => {
+                ctx.model.borrow_mut().end_read(started);
+                ctx.cov.borrow_mut().reads_failed_cache_gone += 1;
+            }
+        }
+    }
+    Ok(false)
+}
+
 fn run_epochs(ctx: &Rc<Ctx>, cache: &SimDisk, backing: &SimDisk) -> Result<Coverage, Failure> {
     let (world, swarm) = (&ctx.world, &ctx.swarm);
     let (cache, backing) = (cache.clone(), backing.clone());
@@ -1009,6 +1237,8 @@ fn run_epochs(ctx: &Rc<Ctx>, cache: &SimDisk, backing: &SimDisk) -> Result<Cover
     }
     for epoch in 0..swarm.epochs {
         set_faults(&[&cache, &backing], true, 0);
+        ctx.healthy_write_back
+            .set(!cfg.write_around && swarm.cache_faults_per_10k == 0);
         ctx.ops_left.set(swarm.ops_per_epoch);
         ctx.clients_running.set(swarm.clients);
         let stop = Rc::new(Cell::new(false));
@@ -1049,6 +1279,7 @@ fn run_epochs(ctx: &Rc<Ctx>, cache: &SimDisk, backing: &SimDisk) -> Result<Cover
                 format!("epoch {epoch}"),
             );
         }
+        ctx.healthy_write_back.set(false);
         retire(ctx, &vol);
         let crashed = match mode {
             1 => {
@@ -1131,6 +1362,13 @@ fn run_epochs(ctx: &Rc<Ctx>, cache: &SimDisk, backing: &SimDisk) -> Result<Cover
         vol = open_volume(ctx, &cache, &backing, &cfg, crashed, epoch + 2, false)?;
         if swarm.canary {
             vol.plant_bug_skip_cache_flush();
+        }
+    }
+    if let Some(kind) = swarm.cache_failure {
+        if !cache_failure_phase(ctx, &cache, &vol, kind, cfg.write_around)? {
+            let mut cov = ctx.cov.borrow().clone();
+            cov.seeds = 1;
+            return Ok(cov);
         }
     }
     // Liveness: faults stop, writeback drains everything to the backing device.

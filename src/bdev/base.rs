@@ -6,7 +6,7 @@
 //! with `spdk_bdev_queue_io_wait`, and the operation is resubmitted when an I/O frees up.
 
 use super::exec::SpdkRt;
-use super::ffi::{cstring, guard, wb_notice};
+use super::ffi::{cstring, guard, wb_notice, SpdkThread};
 use crate::device::{BlockDevice, DeviceError, DeviceInfo, DeviceOp};
 use crate::runtime::Runtime;
 use std::cell::{Cell, RefCell, UnsafeCell};
@@ -15,15 +15,17 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use writeboost_spdk_sys as sys;
 
-/// Why a base could not be opened; `errno` is negative.
-#[derive(Debug, Clone)]
+/// Why a base could not be opened: SPDK's return code (a negative errno) and what it means.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseError {
-    pub errno: i32,
+    pub rc: i32,
     pub msg: String,
 }
 
-/// An open, claimed base bdev. Opened and closed on the app thread.
+/// An open, claimed base bdev. Opened and closed on the same thread (the app thread).
 pub struct BaseDesc {
+    /// The opening thread: SPDK delivers events there, and the descriptor is closed there.
+    opener: SpdkThread,
     pub name: String,
     pub desc: *mut sys::spdk_bdev_desc,
     pub bdev: *mut sys::spdk_bdev,
@@ -158,7 +160,7 @@ impl BaseDesc {
             } else {
                 format!("cannot open bdev '{name}': {}", super::ffi::strerror(rc))
             };
-            return Err(BaseError { errno: rc, msg });
+            return Err(BaseError { rc, msg });
         }
         // SAFETY: desc was just opened successfully.
         let bdev = unsafe { sys::spdk_bdev_desc_get_bdev(desc) };
@@ -172,6 +174,7 @@ impl BaseDesc {
             )
         };
         let mut base = BaseDesc {
+            opener: SpdkThread::current().expect("bdevs are opened on an SPDK thread"),
             name: name.to_string(),
             desc,
             bdev,
@@ -192,15 +195,16 @@ impl BaseDesc {
                     None => format!("cannot claim bdev '{name}': {}", super::ffi::strerror(rc)),
                 };
                 base.close();
-                return Err(BaseError { errno: rc, msg });
+                return Err(BaseError { rc, msg });
             }
             base.claimed = true;
         }
         Ok(base)
     }
 
-    /// Releases the claim and closes the descriptor (app thread, the opening thread).
+    /// Releases the claim and closes the descriptor; panics off the opening thread.
     pub fn close(mut self) {
+        self.opener.assert_current("BaseDesc::close");
         // SAFETY: we opened desc on this thread and claimed bdev with it; after close no event
         // can arrive, so the event context can be freed.
         unsafe {

@@ -101,8 +101,8 @@ fn volume_thread(
         });
     }
     let mask = super::cpumask::for_volume(cfg.cpumask.as_deref()).map_err(Error::Cpumask)?;
-    let cache_durability = super::durability::probe(cache.bdev);
-    let backing_durability = super::durability::probe(backing.bdev);
+    let cache_durability = super::durability::probe(cache);
+    let backing_durability = super::durability::probe(backing);
     cache_durability.log_at_create(&cfg.name, super::durability::Role::Cache);
     backing_durability.log_at_create(&cfg.name, super::durability::Role::Backing);
     let tname = cstring(&format!("writeboost_{}", cfg.name));

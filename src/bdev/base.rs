@@ -65,8 +65,12 @@ unsafe extern "C" fn base_event_cb(
     });
 }
 
-pub fn bdev_name(bdev: *const sys::spdk_bdev) -> String {
-    // SAFETY: bdev is a registered bdev; its name is a NUL-terminated string it owns.
+/// The name of `bdev`.
+///
+/// # Safety
+/// `bdev` is a registered bdev (SPDK's pointer, valid for the call).
+pub unsafe fn bdev_name(bdev: *const sys::spdk_bdev) -> String {
+    // SAFETY: bdev is a registered bdev (contract); its name is a NUL-terminated string it owns.
     unsafe { CStr::from_ptr(sys::spdk_bdev_get_name(bdev)) }
         .to_string_lossy()
         .into_owned()
@@ -78,8 +82,9 @@ pub fn bdev_exists(name: &str) -> bool {
     !unsafe { sys::spdk_bdev_get_by_name(c.as_ptr()) }.is_null()
 }
 
-/// Name of the module holding a claim on `name`, if any.
+/// Name of the module holding a claim on `name`, if any. App thread (which owns claims).
 pub fn claimed_by(name: &str) -> Option<String> {
+    super::ffi::assert_app_thread("claimed_by");
     let c = cstring(name);
     // SAFETY: lookup by a valid C string; the returned bdev is only read here, on the app thread.
     unsafe {
@@ -178,7 +183,8 @@ impl BaseDesc {
             name: name.to_string(),
             desc,
             bdev,
-            info: device_info(bdev),
+            // SAFETY: bdev was just opened.
+            info: unsafe { device_info(bdev) },
             blocklen,
             align_log2,
             supports_flush,
@@ -218,8 +224,10 @@ impl BaseDesc {
     }
 }
 
-fn device_info(bdev: *mut sys::spdk_bdev) -> DeviceInfo {
-    // SAFETY: bdev is open; these are plain getters.
+/// # Safety
+/// `bdev` is open.
+unsafe fn device_info(bdev: *mut sys::spdk_bdev) -> DeviceInfo {
+    // SAFETY: bdev is open (contract); these are plain getters.
     let (blocklen, blocks, uuid) = unsafe {
         let u = sys::spdk_bdev_get_uuid(bdev);
         let uuid = if u.is_null() { [0u8; 16] } else { (*u).u.raw };
@@ -230,7 +238,8 @@ fn device_info(bdev: *mut sys::spdk_bdev) -> DeviceInfo {
         )
     };
     DeviceInfo {
-        name: bdev_name(bdev),
+        // SAFETY: bdev is open (contract).
+        name: unsafe { bdev_name(bdev) },
         size_bytes: blocks * blocklen as u64,
         block_size_bytes: blocklen,
         uuid: (uuid != [0u8; 16]).then_some(uuid),

@@ -92,7 +92,8 @@ static PENDING: Mutex<Vec<(String, Arc<Vbdev>)>> = Mutex::new(Vec::new());
 /// now (synchronously, no I/O), so no other module probes or claims them.
 unsafe extern "C" fn module_examine_config(bdev: *mut sys::spdk_bdev) {
     guard("examine_config", || {
-        let name = super::base::bdev_name(bdev);
+        // SAFETY: SPDK's new bdev, registered during the callback.
+        let name = unsafe { super::base::bdev_name(bdev) };
         for cfg in registry::waiting_for(&name) {
             if !(super::base::bdev_exists(&cfg.cache_bdev)
                 && super::base::bdev_exists(&cfg.backing_bdev))
@@ -116,7 +117,8 @@ unsafe extern "C" fn module_examine_config(bdev: *mut sys::spdk_bdev) {
 /// done once the volumes are registered (so `bdev_wait_for_examine` waits for them).
 unsafe extern "C" fn module_examine_disk(bdev: *mut sys::spdk_bdev) {
     guard("examine_disk", || {
-        let name = super::base::bdev_name(bdev);
+        // SAFETY: SPDK's new bdev, registered during the callback.
+        let name = unsafe { super::base::bdev_name(bdev) };
         let mine: Vec<Arc<Vbdev>> = {
             let mut p = PENDING.lock().unwrap_or_else(|e| e.into_inner());
             let (mine, rest): (Vec<_>, Vec<_>) = p.drain(..).partition(|(b, _)| *b == name);

@@ -138,6 +138,8 @@ pub fn complete(io: *mut sys::spdk_bdev_io, ok: bool) {
         (*c).chan
     };
     if chan.is_null() {
+        // SAFETY: a live bdev_io of ours, not completed.
+        debug_assert!(unsafe { vbdev_of(io) }.thread.is_current());
         // SAFETY: submitted on this very thread: complete it here, once.
         unsafe { sys::spdk_bdev_io_complete(io, io_status(ok)) };
         return;

@@ -3,7 +3,9 @@
 //! - `unsafe impl Send`/`Sync` only in the FFI file (src/bdev/ffi.rs) and the bindings;
 //! - no `as *const i8` / `as *mut i8` casts (C strings are `c_char`, which is not i8 everywhere);
 //! - no source file in src/engine or src/bdev over 600 lines;
-//! - every file of the SPDK glue (src/bdev/) opens with a `//!` comment saying what it owns.
+//! - every file of the SPDK glue (src/bdev/) opens with a `//!` comment saying what it owns;
+//! - in the glue, an errno is chosen only in src/bdev/error.rs (`Error::errno`): elsewhere an
+//!   errno constant may only be compared with a return code SPDK gave.
 //!
 //! It also compiles the glue's pure-Rust parts, which need no SPDK, and runs their unit tests
 //! here, so that they run in every `cargo test` (the glue itself needs the `spdk` feature): the
@@ -89,6 +91,16 @@ fn banned_patterns_are_absent() {
             {
                 bad.push(format!(
                     "unsafe impl Send/Sync outside src/bdev/ffi.rs: {at}"
+                ));
+            }
+            let errno_const = t.contains("libc::E");
+            if rel.starts_with("src/bdev/")
+                && rel != "src/bdev/error.rs"
+                && errno_const
+                && !(t.contains("==") || t.contains("!="))
+            {
+                bad.push(format!(
+                    "errno chosen outside src/bdev/error.rs (add an Error variant): {at}"
                 ));
             }
             if t.contains("as *const i8") || t.contains("as *mut i8") {

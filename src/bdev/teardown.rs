@@ -147,7 +147,7 @@ unsafe extern "C" fn io_device_unregistered(io_device: *mut c_void) {
 
 /// App thread: the last step. SPDK no longer refers to the volume; the Vbdev is freed when the
 /// last `Arc` goes (here or in the registry).
-fn finish(vb: &Vbdev) {
+fn finish(vb: &Arc<Vbdev>) {
     let app = vb.app.get();
     registry::finished(vb);
     if app.destructing.get() {

@@ -7,13 +7,19 @@ use std::path::{Path, PathBuf};
 
 const SPDK_VERSION_WANTED: &str = "26.05";
 
+/// Set to `1` to build against the hand-written declarations of `src/stub.rs` instead of SPDK's
+/// headers (cfg `writeboost_spdk_stub`): for `cargo check`/`clippy` where SPDK is absent.
+const STUB_ENV: &str = "WRITEBOOST_SPDK_STUB";
+
 fn spdk_dir() -> PathBuf {
     PathBuf::from(std::env::var("SPDK_DIR").unwrap_or_else(|_| "/opt/spdk".to_string()))
 }
 
 fn fail_not_found(dir: &Path) -> ! {
     eprintln!(
-        "SPDK not found at {}: install SPDK v{SPDK_VERSION_WANTED} there or set SPDK_DIR",
+        "SPDK not found at {}: install SPDK v{SPDK_VERSION_WANTED} there or set SPDK_DIR \
+         (or, to type-check and lint only, set {STUB_ENV}=1: hand-written declarations, \
+         nothing links)",
         dir.display()
     );
     std::process::exit(1);
@@ -31,6 +37,21 @@ fn spdk_version(include: &Path) -> Option<String> {
 }
 
 fn main() {
+    println!("cargo:rustc-check-cfg=cfg(writeboost_spdk_stub)");
+    println!("cargo:rerun-if-env-changed={STUB_ENV}");
+    println!("cargo:rerun-if-changed=src/stub.rs");
+    if std::env::var(STUB_ENV).is_ok_and(|v| v == "1") {
+        // Type checking only: no bindgen, no shim. DEP_SPDK_STUB tells dependents' build
+        // scripts that there is nothing to link; DEP_SPDK_ROOT is still set (to $SPDK_DIR, which
+        // may not exist) for those that do not look at it yet.
+        println!("cargo:rustc-cfg=writeboost_spdk_stub");
+        println!("cargo:rerun-if-env-changed=SPDK_DIR");
+        println!("cargo:root={}", spdk_dir().display());
+        println!("cargo:version=stub");
+        println!("cargo:stub=1");
+        println!("cargo:warning={STUB_ENV}=1: SPDK declarations from spdk/src/stub.rs; for checking only, nothing built this way links");
+        return;
+    }
     println!("cargo:rerun-if-env-changed=SPDK_DIR");
     println!("cargo:rerun-if-changed=wrapper.h");
     println!("cargo:rerun-if-changed=src/shim.c");

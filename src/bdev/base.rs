@@ -6,7 +6,7 @@
 //! with `spdk_bdev_queue_io_wait`, and the operation is resubmitted when an I/O frees up.
 
 use super::exec::SpdkRt;
-use super::ffi::{cstring, guard, wb_notice};
+use super::ffi::{cstring, guard, wb_notice, SpdkThread};
 use crate::device::{BlockDevice, DeviceError, DeviceInfo, DeviceOp};
 use crate::runtime::Runtime;
 use std::cell::{Cell, RefCell, UnsafeCell};
@@ -15,15 +15,17 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use writeboost_spdk_sys as sys;
 
-/// Why a base could not be opened; `errno` is negative.
-#[derive(Debug, Clone)]
+/// Why a base could not be opened: SPDK's return code (a negative errno) and what it means.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseError {
-    pub errno: i32,
+    pub rc: i32,
     pub msg: String,
 }
 
-/// An open, claimed base bdev. Opened and closed on the app thread.
+/// An open, claimed base bdev. Opened and closed on the same thread (the app thread).
 pub struct BaseDesc {
+    /// The opening thread: SPDK delivers events there, and the descriptor is closed there.
+    opener: SpdkThread,
     pub name: String,
     pub desc: *mut sys::spdk_bdev_desc,
     pub bdev: *mut sys::spdk_bdev,
@@ -63,8 +65,12 @@ unsafe extern "C" fn base_event_cb(
     });
 }
 
-pub fn bdev_name(bdev: *const sys::spdk_bdev) -> String {
-    // SAFETY: bdev is a registered bdev; its name is a NUL-terminated string it owns.
+/// The name of `bdev`.
+///
+/// # Safety
+/// `bdev` is a registered bdev (SPDK's pointer, valid for the call).
+pub unsafe fn bdev_name(bdev: *const sys::spdk_bdev) -> String {
+    // SAFETY: bdev is a registered bdev (contract); its name is a NUL-terminated string it owns.
     unsafe { CStr::from_ptr(sys::spdk_bdev_get_name(bdev)) }
         .to_string_lossy()
         .into_owned()
@@ -76,8 +82,9 @@ pub fn bdev_exists(name: &str) -> bool {
     !unsafe { sys::spdk_bdev_get_by_name(c.as_ptr()) }.is_null()
 }
 
-/// Name of the module holding a claim on `name`, if any.
+/// Name of the module holding a claim on `name`, if any. App thread (which owns claims).
 pub fn claimed_by(name: &str) -> Option<String> {
+    super::ffi::assert_app_thread("claimed_by");
     let c = cstring(name);
     // SAFETY: lookup by a valid C string; the returned bdev is only read here, on the app thread.
     unsafe {
@@ -158,7 +165,7 @@ impl BaseDesc {
             } else {
                 format!("cannot open bdev '{name}': {}", super::ffi::strerror(rc))
             };
-            return Err(BaseError { errno: rc, msg });
+            return Err(BaseError { rc, msg });
         }
         // SAFETY: desc was just opened successfully.
         let bdev = unsafe { sys::spdk_bdev_desc_get_bdev(desc) };
@@ -172,10 +179,12 @@ impl BaseDesc {
             )
         };
         let mut base = BaseDesc {
+            opener: SpdkThread::current().expect("bdevs are opened on an SPDK thread"),
             name: name.to_string(),
             desc,
             bdev,
-            info: device_info(bdev),
+            // SAFETY: bdev was just opened.
+            info: unsafe { device_info(bdev) },
             blocklen,
             align_log2,
             supports_flush,
@@ -192,15 +201,16 @@ impl BaseDesc {
                     None => format!("cannot claim bdev '{name}': {}", super::ffi::strerror(rc)),
                 };
                 base.close();
-                return Err(BaseError { errno: rc, msg });
+                return Err(BaseError { rc, msg });
             }
             base.claimed = true;
         }
         Ok(base)
     }
 
-    /// Releases the claim and closes the descriptor (app thread, the opening thread).
+    /// Releases the claim and closes the descriptor; panics off the opening thread.
     pub fn close(mut self) {
+        self.opener.assert_current("BaseDesc::close");
         // SAFETY: we opened desc on this thread and claimed bdev with it; after close no event
         // can arrive, so the event context can be freed.
         unsafe {
@@ -214,8 +224,10 @@ impl BaseDesc {
     }
 }
 
-fn device_info(bdev: *mut sys::spdk_bdev) -> DeviceInfo {
-    // SAFETY: bdev is open; these are plain getters.
+/// # Safety
+/// `bdev` is open.
+unsafe fn device_info(bdev: *mut sys::spdk_bdev) -> DeviceInfo {
+    // SAFETY: bdev is open (contract); these are plain getters.
     let (blocklen, blocks, uuid) = unsafe {
         let u = sys::spdk_bdev_get_uuid(bdev);
         let uuid = if u.is_null() { [0u8; 16] } else { (*u).u.raw };
@@ -226,7 +238,8 @@ fn device_info(bdev: *mut sys::spdk_bdev) -> DeviceInfo {
         )
     };
     DeviceInfo {
-        name: bdev_name(bdev),
+        // SAFETY: bdev is open (contract).
+        name: unsafe { bdev_name(bdev) },
         size_bytes: blocks * blocklen as u64,
         block_size_bytes: blocklen,
         uuid: (uuid != [0u8; 16]).then_some(uuid),

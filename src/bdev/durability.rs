@@ -214,9 +214,11 @@ pub fn nvme_enable_flush() -> Option<bool> {
     Some(opts.enable_flush != 0)
 }
 
-fn module_name(bdev: *const sys::spdk_bdev) -> String {
-    // SAFETY: bdev is a registered bdev; its module name is a static NUL-terminated string
-    // (or NULL, handled).
+/// # Safety
+/// `bdev` is a registered bdev.
+unsafe fn module_name(bdev: *const sys::spdk_bdev) -> String {
+    // SAFETY: bdev is a registered bdev (contract); its module name is a static NUL-terminated
+    // string (or NULL, handled).
     unsafe {
         let p = sys::spdk_bdev_get_module_name(bdev);
         if p.is_null() {
@@ -228,7 +230,10 @@ fn module_name(bdev: *const sys::spdk_bdev) -> String {
 }
 
 /// The module holding a v1 (exclusive write) claim on `bdev`, if any.
-fn v1_claimer(bdev: *const sys::spdk_bdev) -> Option<String> {
+///
+/// # Safety
+/// `bdev` is a registered bdev; app thread.
+unsafe fn v1_claimer(bdev: *const sys::spdk_bdev) -> Option<String> {
     // SAFETY: bdev is a registered bdev read on the app thread, which owns claims; a v1 claim's
     // module is a registered, static module with a static name.
     unsafe {
@@ -246,6 +251,7 @@ fn v1_claimer(bdev: *const sys::spdk_bdev) -> Option<String> {
 /// An NVMe bdev with a volatile write cache (FLUSH not sent, `enable_flush` being off) claimed
 /// by `module`: what a bdev of `module` is possibly stacked over.
 fn nvme_suspect_below(bdev: *const sys::spdk_bdev, module: &str) -> Option<String> {
+    // Only compared with the other bdevs' addresses, never dereferenced here.
     if module.is_empty() || module == "nvme" || module == "writeboost" {
         return None;
     }
@@ -254,12 +260,15 @@ fn nvme_suspect_below(bdev: *const sys::spdk_bdev, module: &str) -> Option<Strin
     let mut b = unsafe { sys::spdk_bdev_first() };
     while !b.is_null() {
         let is_suspect = !std::ptr::eq(b, bdev)
-            && module_name(b) == "nvme"
+            // SAFETY: b is a registered bdev (above).
+            && unsafe { module_name(b) } == "nvme"
             // SAFETY: b is a registered bdev (above); a plain getter.
             && unsafe { sys::spdk_bdev_has_write_cache(b) }
-            && v1_claimer(b).as_deref() == Some(module);
+            // SAFETY: b is a registered bdev (above), on the app thread.
+            && unsafe { v1_claimer(b) }.as_deref() == Some(module);
         if is_suspect {
-            return Some(bdev_name(b));
+            // SAFETY: b is a registered bdev (above).
+            return Some(unsafe { bdev_name(b) });
         }
         // SAFETY: b is a registered bdev (above).
         b = unsafe { sys::spdk_bdev_next(b) };
@@ -267,10 +276,13 @@ fn nvme_suspect_below(bdev: *const sys::spdk_bdev, module: &str) -> Option<Strin
     None
 }
 
-/// Reads what can be known about `bdev`'s FLUSH. Call on the app thread (bdev_nvme's
-/// `io_type_supported` asserts it; claims and the bdev list belong to it), with `bdev` open.
-pub fn probe(bdev: *mut sys::spdk_bdev) -> BaseDurability {
-    let module = module_name(bdev);
+/// Reads what can be known about the FLUSH of an open base. App thread (bdev_nvme's
+/// `io_type_supported` asserts it; claims and the bdev list belong to it).
+pub fn probe(base: &super::base::BaseDesc) -> BaseDurability {
+    super::ffi::assert_app_thread("durability::probe");
+    let bdev = base.bdev;
+    // SAFETY: bdev is open (a BaseDesc), so registered.
+    let module = unsafe { module_name(bdev) };
     // SAFETY: bdev is open (caller); plain getters.
     let (write_cache, flush_supported) = unsafe {
         (
@@ -291,7 +303,8 @@ pub fn probe(bdev: *mut sys::spdk_bdev) -> BaseDurability {
         suspect,
     };
     BaseDurability {
-        bdev: bdev_name(bdev),
+        // SAFETY: bdev is open (a BaseDesc).
+        bdev: unsafe { bdev_name(bdev) },
         flush: classify(&facts),
         facts,
     }

@@ -1,12 +1,20 @@
 //! The SPDK bdev module `writeboost` (cargo feature `spdk`): the only home of `unsafe` and C
 //! callbacks in this crate.
 //!
-//! - `vbdev`: the module, the desired-configuration table, assembly/teardown, I/O forwarding.
+//! - `module`: the module and fn-table structs, their callbacks, registration.
+//! - `registry`: the configured volumes and their lifecycle state (its only writer).
+//! - `volume`: one volume's parts and the thread that owns each (`Vbdev`, `VolCtx`).
+//! - `assembly`, `teardown`: bringing a volume up and down across the app and volume threads.
+//! - `io/`: the I/O path (per-I/O context, channels, lock-free queues, dispatch into the engine).
+//! - `ops`: what the RPC methods ask of volumes; `format`: `bdev_writeboost_format`'s worker.
+//! - `rpc/`: the `bdev_writeboost_*` JSON-RPC methods (decode, call, reply); `json`: serde
+//!   values <-> SPDK JSON.
+//! - `error`: typed errors and the one errno / JSON-RPC code mapping.
 //! - `base`: opening and claiming the base bdevs; the engine's `BlockDevice` over them.
 //! - `exec`: the engine's `Runtime` on an SPDK thread (executor, timers, named pollers).
-//! - `cpumask`: where volume threads run (the `cpumask` parameter and its default).
-//! - `rpc`: the `bdev_writeboost_*` JSON-RPC methods; `json`: serde values <-> SPDK JSON.
-//! - `ffi`: logging, thread messages, the panic guard.
+//! - `cpumask`: where volume threads run; `durability`: what a base's FLUSH does; `dma`: DMA
+//!   buffers; `log`: engine events into SPDK's log.
+//! - `ffi`: logging, thread messages and handles, the types that cross threads, the panic guard.
 //!
 //! Every trampoline recovers its pointer (with a `// SAFETY:` line), calls safe code inside
 //! [`ffi::guard`] and returns an int: no panic unwinds into C.
@@ -15,17 +23,25 @@
 
 pub(crate) mod ffi;
 
+mod assembly;
 mod base;
 mod cpumask;
 mod dma;
 mod durability;
+mod error;
 mod exec;
+mod format;
+mod io;
 mod json;
 mod log;
+mod module;
+mod ops;
+mod registry;
 mod rpc;
-mod vbdev;
+mod teardown;
+mod volume;
 
-pub use vbdev::register;
+pub use module::register;
 
 use std::ffi::{c_char, c_void, CString};
 

@@ -148,7 +148,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let mut st = self.st.borrow_mut();
             if st.flush_in_flight
                 || st.flush_wanted <= st.last_durable
-                || st.last_written < st.flush_wanted.min(st.last_sealed)
+                // Group commit: wait until what is wanted is written, one flush covers it. Not
+                // when degraded: the segments not written yet may never be, and those written
+                // must still become durable to be written back.
+                || (st.health.degraded.is_none()
+                    && st.last_written < st.flush_wanted.min(st.last_sealed))
                 || st.last_written <= st.last_durable
             {
                 return false;

@@ -241,6 +241,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let header_ranges: Vec<(u64, usize)> = reads.iter().map(|&(_, off)| (off, hb)).collect();
         let results = self.read_cache_ranges(&header_ranges).await;
         let mut headers = Vec::with_capacity(results.len());
+        let mut bad_header = None;
         for (k, (b, r)) in results.into_iter().enumerate() {
             let bad = |op| {
                 IoError::cache(crate::device::DeviceError::Io {
@@ -256,12 +257,17 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 .and_then(|()| SegmentHeader::decode(&b, max).ok())
                 .filter(|h| h.id == reads[k].0);
             let Some(h) = header else {
-                unpin(self);
+                // Every failed read is counted, not only the first.
                 self.note_cache_error(&mut self.st.borrow_mut(), ErrorKind::CacheRead);
-                return Err(bad(crate::device::DeviceOp::Read));
+                bad_header.get_or_insert(bad(crate::device::DeviceOp::Read));
+                continue;
             };
             headers.push(h);
             self.st.borrow_mut().counters.bytes_cache_read += hb as u64;
+        }
+        if let Some(e) = bad_header {
+            unpin(self);
+            return Err(e);
         }
         // What to write: per backing block, the newest copy in the batch. A copy that is still
         // the current one is written with its dirty bits and marked clean afterwards. A copy

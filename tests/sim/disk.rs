@@ -55,7 +55,7 @@ pub struct DiskState {
     busy_until_ns: u64,
     pub faults_enabled: bool,
     /// The device failed for good (whatever `faults_enabled` says): `WritesFail` fails every
-    /// write, flush and discard (reads still work); `Gone` fails every operation.
+    /// write and discard (reads and flushes still work); `Gone` fails every operation.
     pub dead: Option<Dead>,
     /// Operations refused because the device is dead, and when the first write was.
     pub dead_refusals: u64,
@@ -413,7 +413,9 @@ impl BlockDevice for SimDisk {
         self.trace(5, covered as u64, 0);
         let lat = self.world.rng().range(1_000, 20_000);
         self.world.after(lat).await;
-        if self.refused(false) || self.fault(self.st.borrow().cfg.flush_error_per_10k) {
+        // A device whose writes fail still completes FLUSH (as SPDK's bdev_error does with write
+        // errors injected): it has nothing new to make durable. A gone device fails it.
+        if self.refused(true) || self.fault(self.st.borrow().cfg.flush_error_per_10k) {
             self.trace(6, 1, 0);
             return Err(io_error(DeviceOp::Flush, 0, 0));
         }

@@ -1,0 +1,337 @@
+//! Fault injection end to end (issue 13): bdevperf `-w verify` over a volume whose cache and
+//! backing bases are SPDK `bdev_error` bdevs (`EE_Cache0`, `EE_Backing0`) over malloc bdevs, the
+//! module preloaded into bdevperf (`-z`, several `perform_tests` runs in one process, `-m 0x3`).
+//! Every scenario asserts with numbers what DESIGN.md "Failure semantics" promises:
+//! - transient backing write errors, also while 64 KiB sequential writes bypass to the backing
+//!   device, fail no host I/O and are counted (`backing_write_errors`, `bypass_retried_in_log`);
+//!   a `write_around_mode` volume (the user chose the backing device) reports the same error to
+//!   the host, which shows the checks below see a failed I/O;
+//! - transient cache write errors fail no host I/O, are counted, and leave the volume running;
+//! - persistent cache write errors make the volume `degraded` within `degraded_error_window_s`,
+//!   and verify keeps passing with every host write going to the backing device;
+//! - a hot-remove of the bdev under the cache while verify runs completes every host I/O and
+//!   leaves the application answering RPC;
+//! - after the errors stop, `bdev_writeboost_drop_caches` drains every dirty block.
+//!
+//! Host-visible errors are counted twice, independently: bdevperf's own `io_failed` (and its
+//! RPC error when a verify job fails) and the SPDK bdev layer's failed completions of `wb0`
+//! (`bdev_get_iostat`). The engine's error counters are compared with the failed completions of
+//! the `EE_` bdevs, which count exactly the errors they injected.
+
+use super::*;
+use serde_json::json;
+
+const CACHE: &str = "EE_Cache0";
+const BACKING: &str = "EE_Backing0";
+
+/// A bdevperf config: malloc `Cache0` and `Backing0`, an error bdev over each, and `wb0` over
+/// the two error bdevs with the extra create parameters `opts`.
+fn faults_config(env: &Env, tag: &str, cache_mib: u64, backing_mib: u64, opts: Value) -> String {
+    let mut create = json!({"name": "wb0", "cache_bdev": CACHE, "backing_bdev": BACKING});
+    for (k, v) in opts.as_object().cloned().unwrap_or_default() {
+        create[k] = v;
+    }
+    let mut config = Vec::new();
+    for (name, mib) in [("Cache0", cache_mib), ("Backing0", backing_mib)] {
+        config.push(json!({"method": "bdev_malloc_create",
+            "params": {"name": name, "num_blocks": mib * 2048, "block_size": 512}}));
+        config.push(json!({"method": "bdev_error_create", "params": {"base_name": name}}));
+    }
+    config.push(json!({"method": "bdev_writeboost_create", "params": create}));
+    config.push(json!({"method": "bdev_wait_for_examine"}));
+    let p = env.scratch.path(&format!("{tag}.json"));
+    std::fs::write(
+        &p,
+        json!({"subsystems": [{"subsystem": "bdev", "config": config}]}).to_string(),
+    )
+    .expect("config");
+    s(&p)
+}
+
+/// One sequential 64 KiB verify job on core 1 (one write stream, so the sequential cutoff sees
+/// it and bypasses the cache once half of it is dirty).
+fn seq64k_job_file(env: &Env) -> String {
+    let p = env.scratch.path("seq64k.conf");
+    std::fs::write(
+        &p,
+        "[global]\nfilename=wb0\nbs=65536\niodepth=8\nrw=verify\n[seq64k]\ncpumask=0x2\n",
+    )
+    .expect("job file");
+    s(&p)
+}
+
+/// bdevperf `-z` on `-m 0x3` with the module preloaded; `jobs` are bdevperf's job arguments.
+fn start_bdevperf(env: &Env, tag: &str, cfg: &str, jobs: &[&str]) -> Target {
+    let bdevperf = env.spdk.join("build/examples/bdevperf");
+    let o = AppOpts {
+        cores: &["-m", "0x3"],
+        preload: true,
+        timeout_secs: Some(900),
+    };
+    let mut args = vec!["-z", "--json", cfg];
+    args.extend_from_slice(jobs);
+    let t = env
+        .try_start_app(tag, &bdevperf, &o, &args)
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_bdev(env, &t.sock, "wb0");
+    t
+}
+
+/// One bdevperf job's result.
+#[derive(Debug)]
+struct Job {
+    core_mask: String,
+    io_size: u64,
+    iops: f64,
+    io_failed: u64,
+    status: String,
+}
+
+/// The result of one `perform_tests` run: its jobs, or bdevperf's error (a job failed an I/O or
+/// a verify compare).
+type RunResult = Result<Vec<Job>, String>;
+
+fn perform(env: &Env, sock: &Path, secs: u64) -> RunResult {
+    let v = env.call(sock, "perform_tests", json!({"time_in_sec": secs}))?;
+    Ok(v["results"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|j| Job {
+            core_mask: j["core_mask"].as_str().unwrap_or_default().to_string(),
+            io_size: j["io_size"].as_u64().unwrap_or(0),
+            iops: j["iops"].as_f64().unwrap_or(0.0),
+            io_failed: j["io_failed"].as_u64().unwrap_or(u64::MAX),
+            status: j["status"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect())
+}
+
+/// Runs `perform_tests` for `secs` while `during` is called every `period` (with the time since
+/// the run started) until the run ends.
+fn perform_while(
+    env: &Env,
+    sock: &Path,
+    secs: u64,
+    period: Duration,
+    mut during: impl FnMut(Duration),
+) -> RunResult {
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| perform(env, sock, secs));
+        let t0 = Instant::now();
+        while !h.is_finished() {
+            during(t0.elapsed());
+            std::thread::sleep(period);
+        }
+        h.join().expect("perform_tests thread")
+    })
+}
+
+/// The SPDK bdev layer's I/O statistics of `bdev`.
+fn iostat(env: &Env, sock: &Path, bdev: &str) -> Value {
+    let v = env.call_ok(sock, "bdev_get_iostat", json!({ "names": [bdev] }));
+    v["bdevs"][0].clone()
+}
+
+/// Failed completions of `bdev` (every I/O type and status) since it was registered.
+fn failed_ios(env: &Env, sock: &Path, bdev: &str) -> u64 {
+    let st = iostat(env, sock, bdev);
+    st["io_error"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0)
+}
+
+fn inject(env: &Env, sock: &Path, bdev: &str, io_type: &str, num: u32) {
+    env.call_ok(
+        sock,
+        "bdev_error_inject_error",
+        json!({"name": bdev, "io_type": io_type, "error_type": "failure", "num": num}),
+    );
+}
+
+fn clear(env: &Env, sock: &Path, bdev: &str) {
+    env.call_ok(
+        sock,
+        "bdev_error_inject_error",
+        json!({"name": bdev, "io_type": "clear", "error_type": "failure"}),
+    );
+}
+
+/// Host-visible errors of a run: bdevperf's failed I/Os (every I/O of the run when bdevperf
+/// itself reported the run failed) plus the growth of `wb0`'s failed completions.
+fn host_errors(r: &RunResult, wb0_failed_before: u64, wb0_failed_after: u64) -> u64 {
+    let bdevperf = match r {
+        Ok(jobs) => jobs
+            .iter()
+            .map(|j| j.io_failed + u64::from(j.status != "finished"))
+            .sum(),
+        Err(_) => 1,
+    };
+    bdevperf + (wb0_failed_after - wb0_failed_before)
+}
+
+fn total_iops(r: &RunResult) -> f64 {
+    r.as_ref()
+        .map(|jobs| jobs.iter().map(|j| j.iops).sum())
+        .unwrap_or(0.0)
+}
+
+/// A verify run that must fail no host I/O: panics with the run, the volume's stats and the
+/// application log otherwise. Returns the total IOPS.
+fn assert_run_clean(env: &Env, t: &Target, what: &str, r: &RunResult, failed_before: u64) -> f64 {
+    let failed_after = failed_ios(env, &t.sock, "wb0");
+    let n = host_errors(r, failed_before, failed_after);
+    println!(
+        "e2e faults: {what}: {:.0} IOPS, host-visible errors {n} (bdevperf {r:?}, wb0 failed completions {})",
+        total_iops(r),
+        failed_after - failed_before
+    );
+    assert!(
+        n == 0
+            && r.as_ref()
+                .is_ok_and(|j| !j.is_empty() && j.iter().all(|j| j.iops > 0.0)),
+        "{what}: host-visible errors {n}: {r:?}\nstats: {}\n{}",
+        stats(env, &t.sock, "wb0"),
+        t.proc.log_tail(40)
+    );
+    total_iops(r)
+}
+
+/// Drains the volume (`drop_caches`) and checks that nothing dirty is left.
+fn assert_drains(env: &Env, sock: &Path, what: &str) {
+    let dirty = u(&stats(env, sock, "wb0"), "nr_dirty_cache_blocks");
+    let t0 = Instant::now();
+    let r = env.call(sock, "bdev_writeboost_drop_caches", json!({"name": "wb0"}));
+    let st = stats(env, sock, "wb0");
+    println!(
+        "e2e faults: {what}: drop_caches {r:?} in {:.2}s, dirty blocks {dirty} -> {}",
+        t0.elapsed().as_secs_f64(),
+        u(&st, "nr_dirty_cache_blocks")
+    );
+    assert_eq!(r, Ok(Value::Bool(true)), "{what}: drop_caches: {st}");
+    assert_eq!(u(&st, "nr_dirty_cache_blocks"), 0, "{what}: {st}");
+}
+
+/// Transient backing write errors while a 64 KiB sequential verify bypasses the cache: no host
+/// I/O fails, every injected error is counted, bypassed writes that failed were retried through
+/// the log; IOPS before, during and after; drop_caches drains once the errors stop. Then the
+/// control: the same injection on a `write_around_mode` volume reaches the host.
+pub fn faults_backing_write_errors_under_bypass_hidden_and_counted(env: &Env) {
+    let cfg = faults_config(env, "bypass", 32, 256, json!({}));
+    let jobs = seq64k_job_file(env);
+    let t = start_bdevperf(env, "faults-bypass", &cfg, &["-j", &jobs, "-t", "5"]);
+    let sock = t.sock.clone();
+
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform(env, &sock, 5);
+    let before = assert_run_clean(env, &t, "64 KiB verify, no errors", &r, f0);
+    let j = &r.as_ref().expect("run")[0];
+    assert_eq!((j.io_size, j.core_mask.as_str()), (65536, "0x2"), "{j:?}");
+    let st = stats(env, &sock, "wb0");
+    assert!(
+        u(&st, "bytes_bypassed") > 0,
+        "the 64 KiB sequential verify must bypass the cache (sequential cutoff) for this scenario to mean anything: {st}"
+    );
+    assert_eq!(u(&st, "backing_write_errors"), 0, "{st}");
+
+    // During: 3 backing write failures every 200 ms, for the whole run.
+    let bypassed0 = u(&st, "bytes_bypassed");
+    let f0 = failed_ios(env, &sock, "wb0");
+    let mut injections = 0u32;
+    let r = perform_while(env, &sock, 5, Duration::from_millis(200), |_| {
+        inject(env, &sock, BACKING, "write", 3);
+        injections += 1;
+    });
+    clear(env, &sock, BACKING);
+    let during = assert_run_clean(
+        env,
+        &t,
+        "64 KiB verify, transient backing write errors",
+        &r,
+        f0,
+    );
+    let st = stats(env, &sock, "wb0");
+    let injected = failed_ios(env, &sock, BACKING);
+    println!(
+        "e2e faults: backing: {injections} injections of 3, {injected} backing writes failed; engine counted backing_write_errors {}, bypass_retried_in_log {}, bytes_bypassed during the run {}, state {}",
+        u(&st, "backing_write_errors"),
+        u(&st, "bypass_retried_in_log"),
+        u(&st, "bytes_bypassed") - bypassed0,
+        st["state"]
+    );
+    assert!(injected > 0, "no injected backing error was hit: {st}");
+    assert_eq!(
+        u(&st, "backing_write_errors"),
+        injected,
+        "every failed backing write is counted once: {st}"
+    );
+    assert!(
+        u(&st, "bytes_bypassed") > bypassed0,
+        "writes bypassed during the errors: {st}"
+    );
+    assert!(
+        u(&st, "bypass_retried_in_log") > 0,
+        "failed bypass writes are retried through the log: {st}"
+    );
+    assert!(
+        u(&st, "bypass_retried_in_log") <= injected,
+        "a retry per failed bypass write at most: {st}"
+    );
+    assert_eq!(
+        (st["state"].as_str(), u(&st, "degraded_transitions")),
+        (Some("running"), 0),
+        "backing errors do not degrade the volume: {st}"
+    );
+
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform(env, &sock, 5);
+    let after = assert_run_clean(env, &t, "64 KiB verify, errors cleared", &r, f0);
+    println!(
+        "e2e faults: 64 KiB sequential verify IOPS before / during / after transient backing write errors: {before:.0} / {during:.0} / {after:.0} (during/before {:.2}, after/before {:.2})",
+        during / before,
+        after / before
+    );
+    assert_drains(env, &sock, "after transient backing errors");
+    assert_eq!(failed_ios(env, &sock, "wb0"), 0, "wb0 failed completions");
+    let (_, log) = env.stop_app(t);
+    assert!(log.contains("volume wb0: stopped cleanly"), "{log}");
+    assert!(!log.contains("internal error"), "{log}");
+
+    // Control: write_around_mode sends every write to the backing device by the user's choice,
+    // and a backing write error is the host's. The same checks must see it.
+    let cfg = faults_config(env, "around", 32, 256, json!({"write_around_mode": true}));
+    let t = start_bdevperf(env, "faults-around", &cfg, &["-j", &jobs, "-t", "5"]);
+    let sock = t.sock.clone();
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform_while(env, &sock, 5, Duration::from_millis(200), |_| {
+        // bdevperf stops the application once a job failed: the bdev may be gone.
+        let _ = env.call(
+            &sock,
+            "bdev_error_inject_error",
+            json!({"name": BACKING, "io_type": "write", "error_type": "failure", "num": 3}),
+        );
+    });
+    let n = host_errors(&r, f0, f0);
+    let mut t = t;
+    let (exited, _) = t.proc.wait(Duration::from_secs(60));
+    let log = t.proc.log_text();
+    let fails = bdevperf_jobs(&log, "wb0");
+    println!(
+        "e2e faults: control (write_around_mode): host-visible errors {n} (bdevperf {r:?}, final table {fails:?})"
+    );
+    assert!(
+        n > 0 && r.is_err(),
+        "write_around_mode: the backing write error must reach the host: {r:?}\n{log}"
+    );
+    assert!(
+        exited && fails.len() == 1 && fails[0].2 > 0.0,
+        "write_around_mode: bdevperf reports the failed I/O and stops: {fails:?}\n{log}"
+    );
+    assert!(
+        log.contains("write failed: backing device") && log.contains("on job bdev=wb0 fails"),
+        "{log}"
+    );
+    assert!(!log.contains("internal error"), "{log}");
+}

@@ -62,6 +62,18 @@ fn main() {
             "faults_backing_write_errors_under_bypass_hidden_and_counted",
             faults::faults_backing_write_errors_under_bypass_hidden_and_counted,
         ),
+        (
+            "faults_cache_write_errors_transient_hidden_and_counted",
+            faults::faults_cache_write_errors_transient_hidden_and_counted,
+        ),
+        (
+            "faults_persistent_cache_errors_degrade_and_io_flows_to_backing",
+            faults::faults_persistent_cache_errors_degrade_and_io_flows_to_backing,
+        ),
+        (
+            "faults_cache_hot_remove_under_load_completes_every_io",
+            faults::faults_cache_hot_remove_under_load_completes_every_io,
+        ),
     ];
     let selected: Vec<&Scenario> = scenarios
         .iter()

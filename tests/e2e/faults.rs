@@ -24,19 +24,24 @@ use serde_json::json;
 const CACHE: &str = "EE_Cache0";
 const BACKING: &str = "EE_Backing0";
 
-/// A bdevperf config: malloc `Cache0` and `Backing0`, an error bdev over each, and `wb0` over
-/// the two error bdevs with the extra create parameters `opts`.
-fn faults_config(env: &Env, tag: &str, cache_mib: u64, backing_mib: u64, opts: Value) -> String {
+/// A bdevperf config: `Cache0` (malloc, or an aio file when `CacheFile` is given) and malloc
+/// `Backing0`, an error bdev over each, and `wb0` over the two error bdevs with the extra create
+/// parameters `opts`.
+fn faults_config(env: &Env, tag: &str, cache: CacheBase, backing_mib: u64, opts: Value) -> String {
     let mut create = json!({"name": "wb0", "cache_bdev": CACHE, "backing_bdev": BACKING});
     for (k, v) in opts.as_object().cloned().unwrap_or_default() {
         create[k] = v;
     }
-    let mut config = Vec::new();
-    for (name, mib) in [("Cache0", cache_mib), ("Backing0", backing_mib)] {
-        config.push(json!({"method": "bdev_malloc_create",
-            "params": {"name": name, "num_blocks": mib * 2048, "block_size": 512}}));
-        config.push(json!({"method": "bdev_error_create", "params": {"base_name": name}}));
-    }
+    let mut config = vec![match &cache {
+        CacheBase::Malloc(mib) => json!({"method": "bdev_malloc_create",
+            "params": {"name": "Cache0", "num_blocks": mib * 2048, "block_size": 512}}),
+        CacheBase::File(f) => json!({"method": "bdev_aio_create",
+            "params": {"name": "Cache0", "filename": s(f), "block_size": 512}}),
+    }];
+    config.push(json!({"method": "bdev_error_create", "params": {"base_name": "Cache0"}}));
+    config.push(json!({"method": "bdev_malloc_create",
+        "params": {"name": "Backing0", "num_blocks": backing_mib * 2048, "block_size": 512}}));
+    config.push(json!({"method": "bdev_error_create", "params": {"base_name": "Backing0"}}));
     config.push(json!({"method": "bdev_writeboost_create", "params": create}));
     config.push(json!({"method": "bdev_wait_for_examine"}));
     let p = env.scratch.path(&format!("{tag}.json"));
@@ -46,6 +51,14 @@ fn faults_config(env: &Env, tag: &str, cache_mib: u64, backing_mib: u64, opts: V
     )
     .expect("config");
     s(&p)
+}
+
+/// The bdev under `EE_Cache0`.
+enum CacheBase {
+    /// A malloc bdev of this many MiB.
+    Malloc(u64),
+    /// An aio bdev over this file.
+    File(PathBuf),
 }
 
 /// One sequential 64 KiB verify job on core 1 (one write stream, so the sequential cutoff sees
@@ -219,7 +232,7 @@ fn assert_drains(env: &Env, sock: &Path, what: &str) {
 /// the log; IOPS before, during and after; drop_caches drains once the errors stop. Then the
 /// control: the same injection on a `write_around_mode` volume reaches the host.
 pub fn faults_backing_write_errors_under_bypass_hidden_and_counted(env: &Env) {
-    let cfg = faults_config(env, "bypass", 32, 256, json!({}));
+    let cfg = faults_config(env, "bypass", CacheBase::Malloc(32), 256, json!({}));
     let jobs = seq64k_job_file(env);
     let t = start_bdevperf(env, "faults-bypass", &cfg, &["-j", &jobs, "-t", "5"]);
     let sock = t.sock.clone();
@@ -301,7 +314,13 @@ pub fn faults_backing_write_errors_under_bypass_hidden_and_counted(env: &Env) {
 
     // Control: write_around_mode sends every write to the backing device by the user's choice,
     // and a backing write error is the host's. The same checks must see it.
-    let cfg = faults_config(env, "around", 32, 256, json!({"write_around_mode": true}));
+    let cfg = faults_config(
+        env,
+        "around",
+        CacheBase::Malloc(32),
+        256,
+        json!({"write_around_mode": true}),
+    );
     let t = start_bdevperf(env, "faults-around", &cfg, &["-j", &jobs, "-t", "5"]);
     let sock = t.sock.clone();
     let f0 = failed_ios(env, &sock, "wb0");
@@ -331,6 +350,382 @@ pub fn faults_backing_write_errors_under_bypass_hidden_and_counted(env: &Env) {
     );
     assert!(
         log.contains("write failed: backing device") && log.contains("on job bdev=wb0 fails"),
+        "{log}"
+    );
+    assert!(!log.contains("internal error"), "{log}");
+}
+
+/// The 4 KiB verify of the cache scenarios: `-C`, a job per core (each its own half of `wb0`).
+const VERIFY_4K: &[&str] = &[
+    "-T", "wb0", "-C", "-q", "32", "-o", "4096", "-w", "verify", "-t", "5",
+];
+
+/// Transient cache write errors (fewer than `degraded_error_threshold` in its window) during a
+/// 4 KiB verify from both cores: no host I/O fails, every injected error is counted, the volume
+/// stays running; IOPS before, during and after; drop_caches drains once the errors stop.
+pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
+    let cfg = faults_config(env, "cache", CacheBase::Malloc(32), 256, json!({}));
+    let t = start_bdevperf(env, "faults-cache", &cfg, VERIFY_4K);
+    let sock = t.sock.clone();
+    let opts = stats(env, &sock, "wb0")["options"].clone();
+    assert_eq!(
+        (
+            &opts["degraded_error_threshold"],
+            &opts["degraded_error_window_s"]
+        ),
+        (&json!(16), &json!(10)),
+        "defaults: {opts}"
+    );
+
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform(env, &sock, 5);
+    let before = assert_run_clean(env, &t, "4 KiB -C verify, no errors", &r, f0);
+    assert_eq!(r.as_ref().map(Vec::len), Ok(2), "a job per core: {r:?}");
+    let st = stats(env, &sock, "wb0");
+    assert!(u(&st, "segments_written") > 0, "{st}");
+    assert_eq!(u(&st, "cache_write_errors"), 0, "{st}");
+
+    // During: one cache write failure every 600 ms, at most 9 in the 5 s run, below the
+    // default threshold (16 in 10 s).
+    let segments0 = u(&st, "segments_written");
+    let f0 = failed_ios(env, &sock, "wb0");
+    let mut injections = 0u32;
+    let r = perform_while(env, &sock, 5, Duration::from_millis(600), |_| {
+        inject(env, &sock, CACHE, "write", 1);
+        injections += 1;
+    });
+    clear(env, &sock, CACHE);
+    let during = assert_run_clean(
+        env,
+        &t,
+        "4 KiB -C verify, transient cache write errors",
+        &r,
+        f0,
+    );
+    let st = stats(env, &sock, "wb0");
+    let injected = failed_ios(env, &sock, CACHE);
+    println!(
+        "e2e faults: cache: {injections} injections of 1, {injected} cache writes failed; engine counted cache_write_errors {}, cache_flush_errors {}, segments written during the run {}, state {}",
+        u(&st, "cache_write_errors"),
+        u(&st, "cache_flush_errors"),
+        u(&st, "segments_written") - segments0,
+        st["state"]
+    );
+    assert!(injected > 0, "no injected cache error was hit: {st}");
+    assert_eq!(
+        u(&st, "cache_write_errors"),
+        injected,
+        "every failed cache write is counted once: {st}"
+    );
+    assert!(u(&st, "segments_written") > segments0, "{st}");
+    assert_eq!(
+        (st["state"].as_str(), u(&st, "degraded_transitions")),
+        (Some("running"), 0),
+        "errors below degraded_error_threshold leave the volume running: {st}"
+    );
+
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform(env, &sock, 5);
+    let after = assert_run_clean(env, &t, "4 KiB -C verify, errors cleared", &r, f0);
+    println!(
+        "e2e faults: 4 KiB -C verify IOPS before / during / after transient cache write errors: {before:.0} / {during:.0} / {after:.0} (during/before {:.2}, after/before {:.2})",
+        during / before,
+        after / before
+    );
+    assert_drains(env, &sock, "after transient cache errors");
+    let st = stats(env, &sock, "wb0");
+    assert_eq!(st["state"], "running", "{st}");
+    let (_, log) = env.stop_app(t);
+    assert!(log.contains("volume wb0: stopped cleanly"), "{log}");
+    assert!(!log.contains("volume degraded"), "{log}");
+    assert!(!log.contains("internal error"), "{log}");
+}
+
+/// Persistent cache write errors (every cache write fails from some point on) during a 4 KiB
+/// verify from both cores, with `degraded_error_threshold` 8 and `degraded_error_window_s` 2:
+/// the volume is `degraded` within the window (measured from the injection to get_stats showing
+/// it), no host I/O fails, and afterwards every host write reaches the backing device while
+/// nothing more is written to the cache; drop_caches drains what the cache still reads.
+pub fn faults_persistent_cache_errors_degrade_and_io_flows_to_backing(env: &Env) {
+    const THRESHOLD: u64 = 8;
+    const WINDOW_S: u64 = 2;
+    let cfg = faults_config(
+        env,
+        "degraded",
+        CacheBase::Malloc(32),
+        256,
+        json!({"degraded_error_threshold": THRESHOLD, "degraded_error_window_s": WINDOW_S}),
+    );
+    let t = start_bdevperf(env, "faults-degraded", &cfg, VERIFY_4K);
+    let sock = t.sock.clone();
+
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform(env, &sock, 3);
+    let before = assert_run_clean(env, &t, "4 KiB -C verify, healthy cache", &r, f0);
+    let st = stats(env, &sock, "wb0");
+    assert_eq!(
+        (st["state"].as_str(), u(&st, "nr_dirty_cache_blocks") > 0),
+        (Some("running"), true),
+        "{st}"
+    );
+
+    // 1.5 s into a 3 s run, every cache write starts failing (u32::MAX injected failures).
+    let f0 = failed_ios(env, &sock, "wb0");
+    let mut injected_at: Option<(Instant, Instant)> = None;
+    let mut degraded_after: Option<(Duration, Duration, Value)> = None;
+    let r = perform_while(env, &sock, 3, Duration::from_millis(10), |elapsed| {
+        match (&injected_at, &degraded_after) {
+            (None, _) if elapsed >= Duration::from_millis(1500) => {
+                let sent = Instant::now();
+                inject(env, &sock, CACHE, "write", u32::MAX);
+                injected_at = Some((sent, Instant::now()));
+            }
+            (Some((sent, replied)), None) => {
+                let st = stats(env, &sock, "wb0");
+                if st["state"] == "degraded" {
+                    degraded_after = Some((sent.elapsed(), replied.elapsed(), st));
+                }
+            }
+            _ => {}
+        }
+    });
+    let during = assert_run_clean(
+        env,
+        &t,
+        "4 KiB -C verify, persistent cache write errors from 1.5 s on",
+        &r,
+        f0,
+    );
+    let (from_sent, from_replied, st) = degraded_after.unwrap_or_else(|| {
+        panic!(
+            "not degraded within the run (injected: {}): {}",
+            injected_at.is_some(),
+            stats(env, &sock, "wb0")
+        )
+    });
+    println!(
+        "e2e faults: time to degraded: {:.1} ms from sending the injection ({:.1} ms from its reply), threshold {THRESHOLD} in {WINDOW_S} s; cache_write_errors {} at that point; reason: {}",
+        from_sent.as_secs_f64() * 1e3,
+        from_replied.as_secs_f64() * 1e3,
+        u(&st, "cache_write_errors"),
+        st["degraded_reason"]
+    );
+    assert!(
+        from_replied <= Duration::from_secs(WINDOW_S),
+        "degraded only {from_replied:?} after the errors began (window {WINDOW_S} s): {st}"
+    );
+    assert_eq!(u(&st, "degraded_transitions"), 1, "{st}");
+    assert!(
+        u(&st, "cache_write_errors") >= THRESHOLD,
+        "degraded with fewer errors than the threshold: {st}"
+    );
+
+    // The dirty blocks written before the errors began are on the cache, which still reads.
+    let dirty = u(&stats(env, &sock, "wb0"), "nr_dirty_cache_blocks");
+    assert!(dirty > 0, "dirty blocks left to drain when degraded");
+    assert_drains(env, &sock, "degraded, cache still readable");
+
+    // Still failing: verify again. Every host write goes to the backing device, none to the
+    // cache (the bdev layer's counts of successful writes).
+    let io0 = (
+        iostat(env, &sock, "wb0"),
+        iostat(env, &sock, BACKING),
+        iostat(env, &sock, CACHE),
+    );
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform(env, &sock, 3);
+    let degraded = assert_run_clean(env, &t, "4 KiB -C verify, degraded", &r, f0);
+    let io1 = (
+        iostat(env, &sock, "wb0"),
+        iostat(env, &sock, BACKING),
+        iostat(env, &sock, CACHE),
+    );
+    let d = |a: &Value, b: &Value, k: &str| {
+        b[k].as_u64().expect("iostat field") - a[k].as_u64().expect("iostat field")
+    };
+    let host_written = d(&io0.0, &io1.0, "bytes_written");
+    let backing_written = d(&io0.1, &io1.1, "bytes_written");
+    let cache_writes_ok = d(&io0.2, &io1.2, "num_write_ops");
+    let st = stats(env, &sock, "wb0");
+    println!(
+        "e2e faults: degraded run: host wrote {host_written} bytes, backing device {backing_written} bytes, successful cache writes {cache_writes_ok}; state {}",
+        st["state"]
+    );
+    assert!(host_written > 0, "no host writes while degraded");
+    assert!(
+        backing_written >= host_written,
+        "degraded: every host write goes to the backing device ({backing_written} < {host_written}): {st}"
+    );
+    assert_eq!(
+        cache_writes_ok, 0,
+        "degraded: nothing is written to the failing cache that succeeds: {st}"
+    );
+    assert_eq!(st["state"], "degraded", "{st}");
+    println!(
+        "e2e faults: 4 KiB -C verify IOPS healthy / while degrading / degraded: {before:.0} / {during:.0} / {degraded:.0} (degraded/healthy {:.2})",
+        degraded / before
+    );
+
+    clear(env, &sock, CACHE);
+    let (_, log) = env.stop_app(t);
+    assert_eq!(
+        log.matches("volume degraded").count(),
+        1,
+        "the transition is logged once:\n{log}"
+    );
+    assert!(!log.contains("internal error"), "{log}");
+}
+
+/// Runs `perform_tests` for `secs` and, once `wb0` has written `bytes` more, removes the bdev
+/// under the cache with `remove` (an RPC); returns the run's result, how long the run took to
+/// end after the removal, and the volume's stats just before it.
+fn hot_remove_under_load(
+    env: &Env,
+    t: &mut Target,
+    secs: u64,
+    bytes: u64,
+    remove: (&str, Value),
+) -> (RunResult, Duration, Value) {
+    let sock = t.sock.clone();
+    let base = u(&stats(env, &sock, "wb0"), "bytes_written");
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| perform(env, &sock, secs));
+        wait_for("I/O on wb0", Duration::from_secs(30), || {
+            (u(&stats(env, &sock, "wb0"), "bytes_written") > base + bytes).then_some(())
+        });
+        let st = stats(env, &sock, "wb0");
+        let t0 = Instant::now();
+        env.call_ok(&sock, remove.0, remove.1.clone());
+        wait_for("wb0 to go away", Duration::from_secs(30), || {
+            (!bdev_exists(env, &sock, "wb0")).then_some(())
+        });
+        wait_for(
+            "every host I/O to complete (perform_tests to return)",
+            Duration::from_secs(60),
+            || h.is_finished().then_some(()),
+        );
+        let took = t0.elapsed();
+        (h.join().expect("perform_tests thread"), took, st)
+    })
+}
+
+/// The application is alive and answers RPC; `wb0` waits for its bases; the backing bdev is
+/// released.
+fn assert_alive_and_waiting(env: &Env, t: &mut Target, what: &str) {
+    let alive = t
+        .proc
+        .child
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+    assert!(
+        alive,
+        "{what}: the application exited:\n{}",
+        t.proc.log_tail(40)
+    );
+    env.call_ok(&t.sock, "framework_get_reactors", Value::Null);
+    env.call_err(
+        &t.sock,
+        "bdev_writeboost_get_stats",
+        json!({"name": "wb0"}),
+        &["waiting for its base bdevs"],
+    );
+    let b = env.call_ok(&t.sock, "bdev_get_bdevs", json!({"name": BACKING}));
+    assert_eq!(
+        b[0]["claimed"], false,
+        "{what}: {BACKING} still claimed: {b}"
+    );
+}
+
+/// Hot-remove of the bdev under the cache while a 4 KiB verify runs from both cores: the volume
+/// goes away, every outstanding host I/O completes (perform_tests returns, none failed), the
+/// application keeps running and answering RPC; the same cache file added again resumes the
+/// volume, which verifies and drains. Then a dying cache: persistent write errors (degraded),
+/// and the cache removed under load while degraded: the same.
+pub fn faults_cache_hot_remove_under_load_completes_every_io(env: &Env) {
+    let cache_file = env.scratch.path("cache.img");
+    std::fs::File::create(&cache_file)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("cache file");
+    let cfg = faults_config(
+        env,
+        "hot-remove",
+        CacheBase::File(cache_file.clone()),
+        256,
+        json!({"degraded_error_threshold": 8, "degraded_error_window_s": 2}),
+    );
+    let mut t = start_bdevperf(env, "faults-hot-remove", &cfg, VERIFY_4K);
+    let sock = t.sock.clone();
+    let add_cache = || {
+        env.call_ok(
+            &sock,
+            "bdev_aio_create",
+            json!({"name": "Cache0", "filename": s(&cache_file), "block_size": 512}),
+        );
+        env.call_ok(&sock, "bdev_error_create", json!({"base_name": "Cache0"}));
+        wait_bdev(env, &sock, "wb0");
+    };
+
+    // The aio bdev under EE_Cache0 goes away under load.
+    let (r, took, st) = hot_remove_under_load(
+        env,
+        &mut t,
+        30,
+        16 << 20,
+        ("bdev_aio_delete", json!({"name": "Cache0"})),
+    );
+    let n = host_errors(&r, 0, 0);
+    println!(
+        "e2e faults: cache hot-remove under load: perform_tests returned {:.2}s after the removal, host-visible errors {n} ({r:?}); {} dirty blocks before",
+        took.as_secs_f64(),
+        u(&st, "nr_dirty_cache_blocks")
+    );
+    assert!(
+        n == 0,
+        "cache hot-remove: every outstanding host I/O completes without error: {r:?}\n{}",
+        t.proc.log_tail(40)
+    );
+    assert_alive_and_waiting(env, &mut t, "after the cache hot-remove");
+
+    // Back: the same file resumes the volume, with its dirty data.
+    add_cache();
+    assert!(
+        t.proc.log_text().contains("volume wb0: resumed"),
+        "{}",
+        t.proc.log_tail(20)
+    );
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform(env, &sock, 3);
+    assert_run_clean(env, &t, "4 KiB -C verify after the cache came back", &r, f0);
+    assert_drains(env, &sock, "after the cache came back");
+
+    // A dying cache: every write fails (degraded), then it is removed under load.
+    inject(env, &sock, CACHE, "write", u32::MAX);
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform(env, &sock, 3);
+    assert_run_clean(env, &t, "4 KiB -C verify, cache failing", &r, f0);
+    assert_eq!(stats(env, &sock, "wb0")["state"], "degraded");
+    let (r, took, _) = hot_remove_under_load(
+        env,
+        &mut t,
+        30,
+        16 << 20,
+        ("bdev_error_delete", json!({"name": CACHE})),
+    );
+    let n = host_errors(&r, 0, 0);
+    println!(
+        "e2e faults: degraded cache hot-remove under load: perform_tests returned {:.2}s after the removal, host-visible errors {n} ({r:?})",
+        took.as_secs_f64()
+    );
+    assert!(
+        n == 0,
+        "degraded cache hot-remove: every outstanding host I/O completes without error: {r:?}\n{}",
+        t.proc.log_tail(40)
+    );
+    assert_alive_and_waiting(env, &mut t, "after the degraded cache's hot-remove");
+    let (ok, log) = env.stop_app(t);
+    assert!(ok, "bdevperf did not exit cleanly:\n{log}");
+    assert!(
+        log.contains("base bdev EE_Cache0 is being removed"),
         "{log}"
     );
     assert!(!log.contains("internal error"), "{log}");

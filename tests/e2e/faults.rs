@@ -156,12 +156,13 @@ fn failed_ios(env: &Env, sock: &Path, bdev: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn inject(env: &Env, sock: &Path, bdev: &str, io_type: &str, num: u32) {
-    env.call_ok(
+/// Injects `num` failures of `io_type` on the error bdev `bdev`.
+fn inject(env: &Env, sock: &Path, bdev: &str, io_type: &str, num: u32) -> RpcResult {
+    env.call(
         sock,
         "bdev_error_inject_error",
         json!({"name": bdev, "io_type": io_type, "error_type": "failure", "num": num}),
-    );
+    )
 }
 
 fn clear(env: &Env, sock: &Path, bdev: &str) {
@@ -194,7 +195,11 @@ fn total_iops(r: &RunResult) -> f64 {
 /// A verify run that must fail no host I/O: panics with the run, the volume's stats and the
 /// application log otherwise. Returns the total IOPS.
 fn assert_run_clean(env: &Env, t: &Target, what: &str, r: &RunResult, failed_before: u64) -> f64 {
-    let failed_after = failed_ios(env, &t.sock, "wb0");
+    // bdevperf stops the application once a job failed: then only its reply counts.
+    let failed_after = env
+        .call(&t.sock, "bdev_get_iostat", json!({"names": ["wb0"]}))
+        .map(|_| failed_ios(env, &t.sock, "wb0"))
+        .unwrap_or(failed_before);
     let n = host_errors(r, failed_before, failed_after);
     println!(
         "e2e faults: {what}: {:.0} IOPS, host-visible errors {n} (bdevperf {r:?}, wb0 failed completions {})",
@@ -205,8 +210,8 @@ fn assert_run_clean(env: &Env, t: &Target, what: &str, r: &RunResult, failed_bef
         n == 0
             && r.as_ref()
                 .is_ok_and(|j| !j.is_empty() && j.iter().all(|j| j.iops > 0.0)),
-        "{what}: host-visible errors {n}: {r:?}\nstats: {}\n{}",
-        stats(env, &t.sock, "wb0"),
+        "{what}: host-visible errors {n}: {r:?}\nstats: {:?}\n{}",
+        env.call(&t.sock, "bdev_writeboost_get_stats", json!({"name": "wb0"})),
         t.proc.log_tail(40)
     );
     total_iops(r)
@@ -254,10 +259,9 @@ pub fn faults_backing_write_errors_under_bypass_hidden_and_counted(env: &Env) {
     let f0 = failed_ios(env, &sock, "wb0");
     let mut injections = 0u32;
     let r = perform_while(env, &sock, 5, Duration::from_millis(200), |_| {
-        inject(env, &sock, BACKING, "write", 3);
+        let _ = inject(env, &sock, BACKING, "write", 3);
         injections += 1;
     });
-    clear(env, &sock, BACKING);
     let during = assert_run_clean(
         env,
         &t,
@@ -265,6 +269,7 @@ pub fn faults_backing_write_errors_under_bypass_hidden_and_counted(env: &Env) {
         &r,
         f0,
     );
+    clear(env, &sock, BACKING);
     let st = stats(env, &sock, "wb0");
     let injected = failed_ios(env, &sock, BACKING);
     println!(
@@ -326,11 +331,7 @@ pub fn faults_backing_write_errors_under_bypass_hidden_and_counted(env: &Env) {
     let f0 = failed_ios(env, &sock, "wb0");
     let r = perform_while(env, &sock, 5, Duration::from_millis(200), |_| {
         // bdevperf stops the application once a job failed: the bdev may be gone.
-        let _ = env.call(
-            &sock,
-            "bdev_error_inject_error",
-            json!({"name": BACKING, "io_type": "write", "error_type": "failure", "num": 3}),
-        );
+        let _ = inject(env, &sock, BACKING, "write", 3);
     });
     let n = host_errors(&r, f0, f0);
     let mut t = t;
@@ -391,10 +392,9 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
     let f0 = failed_ios(env, &sock, "wb0");
     let mut injections = 0u32;
     let r = perform_while(env, &sock, 5, Duration::from_millis(600), |_| {
-        inject(env, &sock, CACHE, "write", 1);
+        let _ = inject(env, &sock, CACHE, "write", 1);
         injections += 1;
     });
-    clear(env, &sock, CACHE);
     let during = assert_run_clean(
         env,
         &t,
@@ -402,6 +402,7 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
         &r,
         f0,
     );
+    clear(env, &sock, CACHE);
     let st = stats(env, &sock, "wb0");
     let injected = failed_ios(env, &sock, CACHE);
     println!(
@@ -477,7 +478,7 @@ pub fn faults_persistent_cache_errors_degrade_and_io_flows_to_backing(env: &Env)
         match (&injected_at, &degraded_after) {
             (None, _) if elapsed >= Duration::from_millis(1500) => {
                 let sent = Instant::now();
-                inject(env, &sock, CACHE, "write", u32::MAX);
+                let _ = inject(env, &sock, CACHE, "write", u32::MAX);
                 injected_at = Some((sent, Instant::now()));
             }
             (Some((sent, replied)), None) => {
@@ -708,7 +709,7 @@ pub fn faults_cache_hot_remove_under_load_completes_every_io(env: &Env) {
     assert_drains(env, &sock, "after the cache came back");
 
     // A dying cache: every write fails (degraded), then it is removed under load.
-    inject(env, &sock, CACHE, "write", u32::MAX);
+    inject(env, &sock, CACHE, "write", u32::MAX).expect("inject");
     let f0 = failed_ios(env, &sock, "wb0");
     let r = perform(env, &sock, 3);
     assert_run_clean(env, &t, "4 KiB -C verify, cache failing", &r, f0);

@@ -62,18 +62,25 @@ enum CacheBase {
 }
 
 /// One sequential 64 KiB verify job on core 1 (one write stream, so the sequential cutoff sees
-/// it and bypasses the cache once half of it is dirty).
+/// it and bypasses the cache once half of it is dirty) over the first 128 MiB of `wb0`, so that
+/// a run writes each block several times.
+///
+/// bdevperf's verify data depends only on a write's offset and its number within the run:
+/// every run writes the same data in its first pass over the range. A stale read is seen only
+/// once a job wraps around its range, so every verify here covers its range more than once.
 fn seq64k_job_file(env: &Env) -> String {
     let p = env.scratch.path("seq64k.conf");
     std::fs::write(
         &p,
-        "[global]\nfilename=wb0\nbs=65536\niodepth=8\nrw=verify\n[seq64k]\ncpumask=0x2\n",
+        "[global]\nfilename=wb0\nbs=65536\niodepth=8\nrw=verify\n[seq64k]\ncpumask=0x2\noffset=0\nlength=262144\n",
     )
     .expect("job file");
     s(&p)
 }
 
 /// bdevperf `-z` on `-m 0x3` with the module preloaded; `jobs` are bdevperf's job arguments.
+/// Always `-U`: without it every write bdevperf makes carries the same bytes (a function of the
+/// block's index inside the I/O only), and verify cannot tell a stale copy from the newest one.
 fn start_bdevperf(env: &Env, tag: &str, cfg: &str, jobs: &[&str]) -> Target {
     let bdevperf = env.spdk.join("build/examples/bdevperf");
     let o = AppOpts {
@@ -81,7 +88,7 @@ fn start_bdevperf(env: &Env, tag: &str, cfg: &str, jobs: &[&str]) -> Target {
         preload: true,
         timeout_secs: Some(900),
     };
-    let mut args = vec!["-z", "--json", cfg];
+    let mut args = vec!["-z", "-U", "--json", cfg];
     args.extend_from_slice(jobs);
     let t = env
         .try_start_app(tag, &bdevperf, &o, &args)
@@ -356,7 +363,10 @@ pub fn faults_backing_write_errors_under_bypass_hidden_and_counted(env: &Env) {
     assert!(!log.contains("internal error"), "{log}");
 }
 
-/// The 4 KiB verify of the cache scenarios: `-C`, a job per core (each its own half of `wb0`).
+/// The 4 KiB verify of the cache scenarios: `-C`, a job per core, each its own half of `wb0`:
+/// with a 48 MiB backing bdev (`BACKING_4K_MIB`) 24 MiB, several passes in a run (see
+/// [`seq64k_job_file`]), more than the 32 MiB cache holds.
+const BACKING_4K_MIB: u64 = 48;
 const VERIFY_4K: &[&str] = &[
     "-T", "wb0", "-C", "-q", "32", "-o", "4096", "-w", "verify", "-t", "5",
 ];
@@ -365,7 +375,13 @@ const VERIFY_4K: &[&str] = &[
 /// 4 KiB verify from both cores: no host I/O fails, every injected error is counted, the volume
 /// stays running; IOPS before, during and after; drop_caches drains once the errors stop.
 pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
-    let cfg = faults_config(env, "cache", CacheBase::Malloc(32), 256, json!({}));
+    let cfg = faults_config(
+        env,
+        "cache",
+        CacheBase::Malloc(32),
+        BACKING_4K_MIB,
+        json!({}),
+    );
     let t = start_bdevperf(env, "faults-cache", &cfg, VERIFY_4K);
     let sock = t.sock.clone();
     let opts = stats(env, &sock, "wb0")["options"].clone();
@@ -454,7 +470,7 @@ pub fn faults_persistent_cache_errors_degrade_and_io_flows_to_backing(env: &Env)
         env,
         "degraded",
         CacheBase::Malloc(32),
-        256,
+        BACKING_4K_MIB,
         json!({"degraded_error_threshold": THRESHOLD, "degraded_error_window_s": WINDOW_S}),
     );
     let t = start_bdevperf(env, "faults-degraded", &cfg, VERIFY_4K);
@@ -470,13 +486,16 @@ pub fn faults_persistent_cache_errors_degrade_and_io_flows_to_backing(env: &Env)
         "{st}"
     );
 
-    // 1.5 s into a 3 s run, every cache write starts failing (u32::MAX injected failures).
+    // 1.8 s into a 2 s run, every cache write starts failing (u32::MAX injected failures): late,
+    // so that the run's write-through writes do not overwrite every dirty block before the
+    // drain below. The poll for `degraded` goes on after the run, up to the window.
     let f0 = failed_ios(env, &sock, "wb0");
     let mut injected_at: Option<(Instant, Instant)> = None;
     let mut degraded_after: Option<(Duration, Duration, Value)> = None;
-    let r = perform_while(env, &sock, 3, Duration::from_millis(10), |elapsed| {
+    // Injects at 1.8 s, then polls; true once `degraded` was seen.
+    let mut poll = |elapsed: Duration| {
         match (&injected_at, &degraded_after) {
-            (None, _) if elapsed >= Duration::from_millis(1500) => {
+            (None, _) if elapsed >= Duration::from_millis(1800) => {
                 let sent = Instant::now();
                 let _ = inject(env, &sock, CACHE, "write", u32::MAX);
                 injected_at = Some((sent, Instant::now()));
@@ -489,11 +508,19 @@ pub fn faults_persistent_cache_errors_degrade_and_io_flows_to_backing(env: &Env)
             }
             _ => {}
         }
+        degraded_after.is_some()
+    };
+    let r = perform_while(env, &sock, 2, Duration::from_millis(10), |e| {
+        poll(e);
     });
+    let run_end = Instant::now();
+    while !poll(Duration::from_secs(2)) && run_end.elapsed() < Duration::from_secs(WINDOW_S + 1) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let during = assert_run_clean(
         env,
         &t,
-        "4 KiB -C verify, persistent cache write errors from 1.5 s on",
+        "4 KiB -C verify, persistent cache write errors from 1.8 s on",
         &r,
         f0,
     );
@@ -660,7 +687,7 @@ pub fn faults_cache_hot_remove_under_load_completes_every_io(env: &Env) {
         env,
         "hot-remove",
         CacheBase::File(cache_file.clone()),
-        256,
+        BACKING_4K_MIB,
         json!({"degraded_error_threshold": 8, "degraded_error_window_s": 2}),
     );
     let mut t = start_bdevperf(env, "faults-hot-remove", &cfg, VERIFY_4K);

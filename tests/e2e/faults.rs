@@ -456,6 +456,59 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
     assert!(log.contains("volume wb0: stopped cleanly"), "{log}");
     assert!(!log.contains("volume degraded"), "{log}");
     assert!(!log.contains("internal error"), "{log}");
+
+    // Cache read errors are the documented exception: a read whose copy on the cache cannot be
+    // read fails (it never falls back to an older copy on the backing device). bdevperf -f
+    // keeps going after a failed I/O; the threshold is raised so the volume stays running.
+    let cfg = faults_config(
+        env,
+        "cache-read",
+        CacheBase::Malloc(32),
+        BACKING_4K_MIB,
+        json!({"degraded_error_threshold": 100000}),
+    );
+    let mut jobs = VERIFY_4K.to_vec();
+    jobs.push("-f");
+    let t = start_bdevperf(env, "faults-cache-read", &cfg, &jobs);
+    let sock = t.sock.clone();
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform(env, &sock, 2);
+    assert_run_clean(env, &t, "4 KiB -C verify before cache read errors", &r, f0);
+    let f0 = failed_ios(env, &sock, "wb0");
+    let r = perform_while(env, &sock, 5, Duration::from_millis(200), |_| {
+        let _ = inject(env, &sock, CACHE, "read", 3);
+    });
+    clear(env, &sock, CACHE);
+    let host_failed = failed_ios(env, &sock, "wb0") - f0;
+    let bdevperf_failed: u64 = r
+        .as_ref()
+        .map(|j| j.iter().map(|j| j.io_failed).sum())
+        .unwrap_or(0);
+    let injected = failed_ios(env, &sock, CACHE);
+    let st = stats(env, &sock, "wb0");
+    let log = t.proc.log_text();
+    println!(
+        "e2e faults: transient cache read errors (expected to reach the host): {injected} cache reads failed, cache_read_errors {}, host reads failed {host_failed} (bdevperf io_failed {bdevperf_failed}), verify mismatches {}",
+        u(&st, "cache_read_errors"),
+        log.matches("Buffer mismatch").count()
+    );
+    assert!(r.is_ok(), "bdevperf -f: {r:?}");
+    let counted = u(&st, "cache_read_errors");
+    assert!(
+        counted >= host_failed && counted <= injected,
+        "cache read errors counted {counted}: at least the {host_failed} host reads that failed, at most the {injected} injected: {st}"
+    );
+    assert!(
+        host_failed > 0 && host_failed <= injected && bdevperf_failed == host_failed,
+        "a failed cache read fails the host read that needed it (and only that one): {host_failed} host, {bdevperf_failed} bdevperf, {injected} injected: {st}"
+    );
+    assert!(
+        !log.contains("Buffer mismatch"),
+        "a read returned other data than the newest:\n{log}"
+    );
+    assert_eq!(st["state"], "running", "{st}");
+    let (_, log) = env.stop_app(t);
+    assert!(!log.contains("internal error"), "{log}");
 }
 
 /// Persistent cache write errors (every cache write fails from some point on) during a 4 KiB

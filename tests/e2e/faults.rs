@@ -100,6 +100,7 @@ fn start_bdevperf(env: &Env, tag: &str, cfg: &str, jobs: &[&str]) -> Target {
 /// One bdevperf job's result.
 #[derive(Debug)]
 struct Job {
+    workload: String,
     core_mask: String,
     io_size: u64,
     iops: f64,
@@ -119,6 +120,7 @@ fn perform(env: &Env, sock: &Path, secs: u64) -> RunResult {
         .unwrap_or_default()
         .iter()
         .map(|j| Job {
+            workload: j["workload"].as_str().unwrap_or_default().to_string(),
             core_mask: j["core_mask"].as_str().unwrap_or_default().to_string(),
             io_size: j["io_size"].as_u64().unwrap_or(0),
             iops: j["iops"].as_f64().unwrap_or(0.0),
@@ -193,9 +195,15 @@ fn host_errors(r: &RunResult, wb0_failed_before: u64, wb0_failed_after: u64) -> 
     bdevperf + (wb0_failed_after - wb0_failed_before)
 }
 
+/// The IOPS of the verify jobs of a run (not of a flush job next to them).
 fn total_iops(r: &RunResult) -> f64 {
     r.as_ref()
-        .map(|jobs| jobs.iter().map(|j| j.iops).sum())
+        .map(|jobs| {
+            jobs.iter()
+                .filter(|j| j.workload == "verify")
+                .map(|j| j.iops)
+                .sum()
+        })
         .unwrap_or(0.0)
 }
 
@@ -371,9 +379,30 @@ const VERIFY_4K: &[&str] = &[
     "-T", "wb0", "-C", "-q", "32", "-o", "4096", "-w", "verify", "-t", "5",
 ];
 
+/// A 4 KiB verify job per core, each over its half of the 48 MiB volume, and a FLUSH job
+/// (queue depth 1) on core 1 next to them.
+fn verify_4k_with_flush_job_file(env: &Env) -> String {
+    let half = BACKING_4K_MIB * 2048 / 2;
+    let p = env.scratch.path("verify4k_flush.conf");
+    std::fs::write(
+        &p,
+        format!(
+            "[global]\nfilename=wb0\nbs=4096\niodepth=32\nrw=verify\n\
+             [v0]\ncpumask=0x1\noffset=0\nlength={half}\n\
+             [v1]\ncpumask=0x2\noffset={half}\nlength={half}\n\
+             [flush]\ncpumask=0x2\nrw=flush\niodepth=1\noffset=0\nlength={}\n",
+            2 * half
+        ),
+    )
+    .expect("job file");
+    s(&p)
+}
+
 /// Transient cache write errors (fewer than `degraded_error_threshold` in its window) during a
-/// 4 KiB verify from both cores: no host I/O fails, every injected error is counted, the volume
-/// stays running; IOPS before, during and after; drop_caches drains once the errors stop.
+/// 4 KiB verify from both cores with FLUSHes next to it: no host I/O fails (a FLUSH waiting on a
+/// segment write that failed once waits for its retry), every injected error is counted, the
+/// volume stays running; IOPS before, during and after; drop_caches drains once the errors
+/// stop. Then transient cache read errors, which do reach the host.
 pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
     let cfg = faults_config(
         env,
@@ -382,7 +411,8 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
         BACKING_4K_MIB,
         json!({}),
     );
-    let t = start_bdevperf(env, "faults-cache", &cfg, VERIFY_4K);
+    let jobs = verify_4k_with_flush_job_file(env);
+    let t = start_bdevperf(env, "faults-cache", &cfg, &["-j", &jobs, "-t", "5"]);
     let sock = t.sock.clone();
     let opts = stats(env, &sock, "wb0")["options"].clone();
     assert_eq!(
@@ -396,8 +426,26 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
 
     let f0 = failed_ios(env, &sock, "wb0");
     let r = perform(env, &sock, 5);
-    let before = assert_run_clean(env, &t, "4 KiB -C verify, no errors", &r, f0);
-    assert_eq!(r.as_ref().map(Vec::len), Ok(2), "a job per core: {r:?}");
+    let before = assert_run_clean(
+        env,
+        &t,
+        "4 KiB verify on 2 cores + FLUSH, no errors",
+        &r,
+        f0,
+    );
+    let masks: Vec<(&str, &str)> = r
+        .as_ref()
+        .map(|j| {
+            j.iter()
+                .map(|j| (j.workload.as_str(), j.core_mask.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        masks,
+        [("verify", "0x1"), ("verify", "0x2"), ("flush", "0x2")],
+        "{r:?}"
+    );
     let st = stats(env, &sock, "wb0");
     assert!(u(&st, "segments_written") > 0, "{st}");
     assert_eq!(u(&st, "cache_write_errors"), 0, "{st}");
@@ -405,6 +453,7 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
     // During: one cache write failure every 600 ms, at most 9 in the 5 s run, below the
     // default threshold (16 in 10 s).
     let segments0 = u(&st, "segments_written");
+    let flushes0 = u(&st, "flushes");
     let f0 = failed_ios(env, &sock, "wb0");
     let mut injections = 0u32;
     let r = perform_while(env, &sock, 5, Duration::from_millis(600), |_| {
@@ -414,7 +463,7 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
     let during = assert_run_clean(
         env,
         &t,
-        "4 KiB -C verify, transient cache write errors",
+        "4 KiB verify on 2 cores + FLUSH, transient cache write errors",
         &r,
         f0,
     );
@@ -435,6 +484,10 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
         "every failed cache write is counted once: {st}"
     );
     assert!(u(&st, "segments_written") > segments0, "{st}");
+    assert!(
+        u(&st, "flushes") > flushes0,
+        "the FLUSH job's flushes reached the volume (and none failed): {st}"
+    );
     assert_eq!(
         (st["state"].as_str(), u(&st, "degraded_transitions")),
         (Some("running"), 0),
@@ -443,9 +496,15 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
 
     let f0 = failed_ios(env, &sock, "wb0");
     let r = perform(env, &sock, 5);
-    let after = assert_run_clean(env, &t, "4 KiB -C verify, errors cleared", &r, f0);
+    let after = assert_run_clean(
+        env,
+        &t,
+        "4 KiB verify on 2 cores + FLUSH, errors cleared",
+        &r,
+        f0,
+    );
     println!(
-        "e2e faults: 4 KiB -C verify IOPS before / during / after transient cache write errors: {before:.0} / {during:.0} / {after:.0} (during/before {:.2}, after/before {:.2})",
+        "e2e faults: 4 KiB verify (2 cores, FLUSH job next to it) IOPS before / during / after transient cache write errors: {before:.0} / {during:.0} / {after:.0} (during/before {:.2}, after/before {:.2})",
         during / before,
         after / before
     );

@@ -518,11 +518,12 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
 
     // Cache read errors are the documented exception: a read whose copy on the cache cannot be
     // read fails (it never falls back to an older copy on the backing device). bdevperf -f
-    // keeps going after a failed I/O; the threshold is raised so the volume stays running.
+    // keeps going after a failed I/O; the threshold is raised so the volume stays running; the
+    // cache (64 MiB) holds the whole volume, so that few cache reads are writeback's.
     let cfg = faults_config(
         env,
         "cache-read",
-        CacheBase::Malloc(32),
+        CacheBase::Malloc(64),
         BACKING_4K_MIB,
         json!({"degraded_error_threshold": 100000}),
     );

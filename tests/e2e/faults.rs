@@ -567,6 +567,13 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
         "a read returned other data than the newest:\n{log}"
     );
     assert_eq!(st["state"], "running", "{st}");
+    // Last, so that the checks above ran: every failed cache read is counted once (DESIGN.md:
+    // "Every error path is counted").
+    assert_eq!(
+        counted,
+        injected,
+        "every failed cache read is counted once (a writeback batch counts one failed header read however many failed: src/engine/writeback.rs, the header loop of writeback_batch_inner): {st}"
+    );
     let (_, log) = env.stop_app(t);
     assert!(!log.contains("internal error"), "{log}");
 }

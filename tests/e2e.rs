@@ -13,6 +13,9 @@
 #[path = "e2e/harness.rs"]
 mod harness;
 
+#[path = "e2e/faults.rs"]
+mod faults;
+
 use harness::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -54,6 +57,22 @@ fn main() {
         (
             "multi_reactor_nvmf_tcp_several_queues_delete_hot_remove",
             multi_reactor_nvmf_tcp_several_queues_delete_hot_remove,
+        ),
+        (
+            "faults_backing_write_errors_under_bypass_hidden_and_counted",
+            faults::faults_backing_write_errors_under_bypass_hidden_and_counted,
+        ),
+        (
+            "faults_cache_write_errors_transient_hidden_and_counted",
+            faults::faults_cache_write_errors_transient_hidden_and_counted,
+        ),
+        (
+            "faults_persistent_cache_errors_degrade_and_io_flows_to_backing",
+            faults::faults_persistent_cache_errors_degrade_and_io_flows_to_backing,
+        ),
+        (
+            "faults_cache_hot_remove_under_load_completes_every_io",
+            faults::faults_cache_hot_remove_under_load_completes_every_io,
         ),
     ];
     let selected: Vec<&Scenario> = scenarios

@@ -216,6 +216,17 @@ pub async fn scan_log<D: BlockDevice>(cache: &D, sb: &Superblock) -> Result<LogS
         if lo > floor + 1 {
             continue; // Does not reach what is proven durable: a torn or stale tail.
         }
+        if lo == floor + 1 && lo > 1 {
+            // Starts right after the durable floor: it must link to the floor's segment where
+            // that header is there (a stale segment of an older history does not).
+            let links = match at(floor) {
+                Some(p) => p.header_crc == at(lo).expect("in chain").prev_header_crc,
+                None => true,
+            };
+            if !links {
+                continue;
+            }
+        }
         // Verify the data of segments not proven durable, oldest first.
         let mut good = c;
         for id in (floor + 1).max(lo)..=c {

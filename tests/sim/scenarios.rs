@@ -524,3 +524,114 @@ fn issue15_replay_with_the_newest_segment_unreadable_loses_nothing() {
         }
     }
 }
+
+/// Writes 6 blocks (two segments of 3) and shuts down cleanly; returns the volume's last
+/// segment id (the record's head) and the geometry.
+fn clean_log(rig: &mut Rig) -> (u64, writeboost::format::Geometry) {
+    let vol = rig.create(options()).expect("create");
+    for k in 0..6 {
+        rig.write(&vol, k * 8, 8, false);
+    }
+    rig.flush(&vol);
+    let head = vol.status().last_flushed_id;
+    let geo = vol.superblock().geometry;
+    rig.shutdown(&vol);
+    assert!(
+        head >= 2 && head + 2 < geo.nr_segments,
+        "scenario: log shape"
+    );
+    (head, geo)
+}
+
+/// Plants, in the slot of `id`, a segment of an older history: a valid header (format UUID,
+/// id, CRCs) with one dirty block of write `write_id` for backing block `block`, whose
+/// `prev_header_crc` links to nothing on the device. Returns the sectors it would map.
+fn plant_stale_segment(
+    rig: &mut Rig,
+    geo: &writeboost::format::Geometry,
+    id: u64,
+    block: u64,
+    write_id: u64,
+) {
+    use writeboost::format::segment::data_block_crc;
+    use writeboost::format::{Entry, SegmentHeader};
+    let mut data = vec![0u8; 4096];
+    for (i, c) in data.chunks_mut(512).enumerate() {
+        sector_bytes(write_id, block * 8 + i as u64, c);
+    }
+    let format_uuid = {
+        let st = rig.cache.st.borrow();
+        let off = geo.slot_offset_bytes(0) as usize;
+        SegmentHeader::decode(
+            &st.view[off..off + geo.header_bytes()],
+            geo.data_blocks_per_segment(),
+        )
+        .expect("slot 0 holds a segment")
+        .format_uuid
+    };
+    let header = SegmentHeader {
+        format_uuid,
+        id,
+        durable_through_id: 0,
+        prev_header_crc: 0x5EED_5EED,
+        flags: 0,
+        entries: vec![Entry {
+            backing_block: block,
+            data_crc: data_block_crc(&data),
+            valid_bits: 0xff,
+            dirty_bits: 0xff,
+        }],
+        header_crc: 0,
+    };
+    let mut hb = vec![0u8; geo.header_bytes()];
+    header.encode_into(&mut hb);
+    let slot = geo.slot_of_id(id);
+    let mut st = rig.cache.st.borrow_mut();
+    let st = &mut *st;
+    for img in [&mut st.durable, &mut st.view] {
+        let h = geo.slot_offset_bytes(slot) as usize;
+        img[h..h + hb.len()].copy_from_slice(&hb);
+        let d = geo.data_block_offset_bytes(slot, 0) as usize;
+        img[d..d + 4096].copy_from_slice(&data);
+    }
+}
+
+#[test]
+fn replay_never_maps_a_segment_that_does_not_link_to_the_durable_floor() {
+    // A segment right after the log's head whose prev_header_crc links to nothing (a stale
+    // segment of an older history) must not be replayed: its data is older than the log.
+    let mut rig = Rig::new(11, 16, 16, 1);
+    let (head, geo) = clean_log(&mut rig);
+    plant_stale_segment(&mut rig, &geo, head + 1, 100, 999);
+    let vol = rig
+        .create(options())
+        .expect("create over the planted segment");
+    rig.verify(&vol, false).unwrap_or_else(|e| panic!("{e}"));
+    rig.drain_and_check_backing(&vol)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn replay_wipes_headers_of_stale_slots_before_the_log_goes_on() {
+    // A valid header beyond the log (here: two ids after the head, no link) is a stale slot: the
+    // create must zero it on the device, or a later log whose ids reach it could adopt it.
+    let mut rig = Rig::new(12, 16, 16, 1);
+    let (head, geo) = clean_log(&mut rig);
+    plant_stale_segment(&mut rig, &geo, head + 2, 100, 999);
+    let vol = rig
+        .create(options())
+        .expect("create over the planted segment");
+    let off = geo.slot_offset_bytes(geo.slot_of_id(head + 2)) as usize;
+    let st = rig.cache.st.borrow();
+    let stale = writeboost::format::SegmentHeader::decode(
+        &st.durable[off..off + geo.header_bytes()],
+        geo.data_blocks_per_segment(),
+    );
+    assert!(
+        stale.is_err(),
+        "the stale header of id {} survived the create: {stale:?}",
+        head + 2
+    );
+    drop(st);
+    rig.verify(&vol, false).unwrap_or_else(|e| panic!("{e}"));
+}

@@ -243,7 +243,7 @@ fn bdevperf_verify_with_preloaded_module(env: &Env) {
             "bdevperf",
             &bdevperf,
             &[
-                "--json", &cfg, "-T", "wb0", "-q", qd, "-o", bs, "-w", "verify", "-t", "3",
+                "--json", &cfg, "-T", "wb0", "-q", qd, "-o", bs, "-w", "verify", "-U", "-t", "3",
             ],
             true,
             Duration::from_secs(90),
@@ -280,6 +280,8 @@ fn bdevperf_verify_with_preloaded_module(env: &Env) {
             "65536",
             "-w",
             "verify",
+            // Unique data per write: a stale copy cannot read back as correct.
+            "-U",
             "-t",
             "3",
         ],
@@ -485,7 +487,7 @@ fn nvmf_tcp_io_stats_crash_restart_hot_remove_drain(env: &Env) {
         "bdevperf",
         &bdevperf,
         &[
-            "--json", &init_cfg, "-q", "16", "-o", "4096", "-w", "verify", "-t", "3",
+            "--json", &init_cfg, "-q", "16", "-o", "4096", "-w", "verify", "-U", "-t", "3",
         ],
         false,
         Duration::from_secs(90),
@@ -1255,7 +1257,8 @@ fn multi_reactor_bdevperf_verify_delete_hot_remove(env: &Env) {
         &bdevperf,
         "0x3",
         &[
-            "--json", &cfg, "-T", "wb0", "-C", "-q", "32", "-o", "4096", "-w", "verify", "-t", "3",
+            "--json", &cfg, "-T", "wb0", "-C", "-q", "32", "-o", "4096", "-w", "verify", "-U",
+            "-t", "3",
         ],
         true,
         Duration::from_secs(120),
@@ -1301,6 +1304,8 @@ fn multi_reactor_bdevperf_verify_delete_hot_remove(env: &Env) {
                 "4096",
                 "-w",
                 "verify",
+                // Unique data per write: a stale copy cannot read back as correct.
+                "-U",
                 "-t",
                 "30",
             ],

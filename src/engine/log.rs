@@ -12,6 +12,8 @@ const RETRY_BACKOFF_MIN_NS: u64 = 1_000_000;
 /// A segment write failing for this long (or the error window, if shorter) degrades the volume.
 const SEGMENT_FAILING_FOR_NS: u64 = 1_000_000_000;
 const RETRY_BACKOFF_MAX_NS: u64 = 1_000_000_000;
+/// Tries of a backing device FLUSH before its error is returned.
+const BACKING_FLUSH_ATTEMPTS: u32 = 3;
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// Seals the open segment (if it holds any block) and starts its write. An empty open
@@ -223,10 +225,16 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 
     pub(super) async fn flush_backing(&self) -> Result<(), IoError> {
         let covers = self.st.borrow().backing_writes_done;
-        if let Err(e) = self.backing.flush().await {
+        // A transient error must not fail a FLUSH, FUA or write-zeroes that wrote to the backing
+        // device because the engine chose to (every error is counted).
+        let mut attempt = 1;
+        while let Err(e) = self.backing.flush().await {
             let mut st = self.st.borrow_mut();
             st.counters.note_error(ErrorKind::BackingFlush);
-            return Err(IoError::backing(e));
+            if attempt == BACKING_FLUSH_ATTEMPTS {
+                return Err(IoError::backing(e));
+            }
+            attempt += 1;
         }
         let mut st = self.st.borrow_mut();
         st.backing_flushed_through = st.backing_flushed_through.max(covers);
@@ -246,7 +254,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// backing device (writes that went there directly). Degraded: what is not durable on the
     /// cache goes to the backing device instead.
     pub(super) async fn make_all_durable(self: &Rc<Self>) -> Result<(), IoError> {
-        if self.is_degraded() {
+        // A write-around volume (set at create) caches only clean staged copies: nothing on the
+        // cache needs to be durable, the backing device holds every write.
+        let write_around = self.st.borrow().opts.write_around_mode;
+        if write_around {
+            // Nothing to make durable on the cache.
+        } else if self.is_degraded() {
             self.rescue_undurable().await?;
         } else {
             let target = {

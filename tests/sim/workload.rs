@@ -1062,6 +1062,28 @@ fn run_swarm(world: &World, swarm: &Swarm) -> Result<Coverage, Failure> {
     })
 }
 
+/// After `run_until`: the first recorded failure, a stall (nothing can run) or a missed deadline
+/// fail the run, with the given properties and detail.
+fn check_run_end(
+    ctx: &Ctx,
+    end: RunEnd,
+    deadline: u64,
+    stall: &str,
+    late: &str,
+    detail: impl Fn() -> String,
+) -> Result<(), Failure> {
+    if let Some(f) = ctx.failure.borrow_mut().take() {
+        return Err(f);
+    }
+    if end == RunEnd::Stalled {
+        return fail(stall, detail());
+    }
+    if ctx.world.now_ns() > deadline {
+        return fail(late, detail());
+    }
+    Ok(())
+}
+
 /// One full-block write (1-3 blocks) outside the clients, checked by the model.
 fn phase_write(
     ctx: &Rc<Ctx>,
@@ -1130,23 +1152,21 @@ fn cache_failure_phase(
     let end = world.run_until(|| {
         c2.failure.borrow().is_some() || c2.clients_running.get() == 0 || w2.now_ns() > deadline
     });
-    if let Some(f) = ctx.failure.borrow_mut().take() {
-        return Err(f);
-    }
-    if end == RunEnd::Stalled {
-        return fail("deadlock after the cache failed", format!("{kind:?}"));
-    }
-    if world.now_ns() > deadline {
-        return fail(
-            "liveness: clients did not finish in 600 s of virtual time after the cache failed",
+    check_run_end(
+        ctx,
+        end,
+        deadline,
+        "deadlock after the cache failed",
+        "liveness: clients did not finish in 600 s of virtual time after the cache failed",
+        || {
             format!(
                 "{kind:?}: {} clients still running, ops in flight (pick) {:?}; {:?}",
                 ctx.clients_running.get(),
                 ctx.ops_in_flight.borrow().values().collect::<Vec<_>>(),
                 vol.status()
-            ),
-        );
-    }
+            )
+        },
+    )?;
     // FUA writes (they may fail: the cache cannot make them durable) make the flusher write
     // segments; one that keeps failing degrades the volume within a second. (No sequential
     // cutoff: these must go to the log. A write-around volume writes no segments: it need not
@@ -1267,18 +1287,14 @@ fn run_epochs(ctx: &Rc<Ctx>, cache: &SimDisk, backing: &SimDisk) -> Result<Cover
                 || c2.cut_now.get()
                 || w2.now_ns() > deadline
         });
-        if let Some(f) = ctx.failure.borrow_mut().take() {
-            return Err(f);
-        }
-        if end == RunEnd::Stalled {
-            return fail("deadlock: nothing can run", format!("epoch {epoch}"));
-        }
-        if world.now_ns() > deadline {
-            return fail(
-                "liveness: epoch did not finish in 600 s of virtual time",
-                format!("epoch {epoch}"),
-            );
-        }
+        check_run_end(
+            ctx,
+            end,
+            deadline,
+            "deadlock: nothing can run",
+            "liveness: epoch did not finish in 600 s of virtual time",
+            || format!("epoch {epoch}"),
+        )?;
         ctx.healthy_write_back.set(false);
         retire(ctx, &vol);
         let crashed = match mode {

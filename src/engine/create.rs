@@ -277,6 +277,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             drop_caches_active: 0,
             space_waiters: 0,
             shutting_down: false,
+            forget_log_at_record: false,
             #[cfg(feature = "test-hooks")]
             hooks: Hooks::default(),
             backing_fg_inflight: 0,

@@ -26,11 +26,18 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let (off, enc, recorded) = {
             let mut st = self.st.borrow_mut();
             st.record_seq += 1;
+            // A drained shutdown of a log with superseded copies forgets every allocated id.
+            let newest_id = st.open.map(|o| o.id).unwrap_or(st.next_id - 1);
+            let (last_writeback_id, head_id) = if st.forget_log_at_record {
+                (newest_id, newest_id)
+            } else {
+                (st.last_writeback, st.last_durable)
+            };
             let r = Record {
                 format_uuid: st.sb.format_uuid,
                 seq: st.record_seq,
-                last_writeback_id: st.last_writeback,
-                head_id: st.last_durable,
+                last_writeback_id,
+                head_id,
                 flags: if clean { RECORD_FLAG_CLEAN_SHUTDOWN } else { 0 },
             };
             (
@@ -182,13 +189,33 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
 
     /// Clean shutdown: everything in RAM becomes durable and the superblock record is written
     /// with the clean flag. Dirty data stays on the cache for the next create.
+    ///
+    /// A log holding copies that write-throughs superseded (`stale_copies_in_log`, after the
+    /// volume was degraded) is drained first, and the record then says that every segment ever
+    /// allocated is written back: the next create maps none of them, so no superseded copy comes
+    /// back. If the drain fails, the shutdown fails (the next create replays the log).
     pub async fn shutdown(&self) -> Result<(), IoError> {
         let inner = &self.inner;
         inner.st.borrow_mut().shutting_down = true;
+        let stale = inner.st.borrow().health.stale_copies_in_log;
+        if stale {
+            self.drop_caches().await?;
+        }
         inner.flush_all().await?;
         inner
             .wait_until(|st| !st.writeback_in_flight && !st.record_in_flight && !st.flush_in_flight)
             .await;
+        if stale {
+            let mut st = inner.st.borrow_mut();
+            if st.nr_dirty != 0 {
+                return Err(IoError::StaleLogNotDrained {
+                    nr_dirty_blocks: st.nr_dirty,
+                });
+            }
+            // Nothing is dirty and the backing device is flushed: the log holds nothing a
+            // replay needs, and everything up to the newest allocated id may be forgotten.
+            st.forget_log_at_record = true;
+        }
         inner.write_record(true).await
     }
 }

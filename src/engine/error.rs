@@ -71,6 +71,8 @@ pub enum IoError {
     /// then writes it through; never returned to a caller).
     #[error("the volume is degraded")]
     Degraded,
+    #[error("the log holds copies that writes made while degraded superseded on the backing device, and {nr_dirty_blocks} dirty blocks could not be written back: a create would replay both (drain with drop_caches once the cache reads, or create with force_format)")]
+    StaleLogNotDrained { nr_dirty_blocks: u64 },
 }
 
 impl IoError {

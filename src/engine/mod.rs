@@ -183,6 +183,9 @@ struct State {
     drop_caches_active: u32,
     space_waiters: u32,
     shutting_down: bool,
+    /// Set by a drained shutdown of a log with superseded copies: the clean record says every
+    /// allocated segment is written back (nothing of the log is replayed).
+    forget_log_at_record: bool,
     /// Test and benchmark hooks (feature `test-hooks`).
     #[cfg(feature = "test-hooks")]
     hooks: Hooks,

@@ -4,7 +4,7 @@ use std::rc::Rc;
 use writeboost::device::mem::MemDevice;
 use writeboost::device::BlockDevice;
 use writeboost::engine::stats::stat_index;
-use writeboost::engine::{CreateOptions, Startup, Volume};
+use writeboost::engine::{CreateError, CreateOptions, Startup, Volume};
 use writeboost::runtime::LocalRuntime;
 
 struct Shared(Rc<MemDevice>);
@@ -967,4 +967,127 @@ fn the_sequential_cutoff_bypasses_only_large_writes_by_default() {
     });
     // The first 64 KiB of the stream are cached, the rest bypasses.
     assert_eq!(vol.status().counters.bytes_bypassed, 7 * 65536);
+}
+
+/// A degraded episode in which the cache still writes its record: block 0 (durable in the log,
+/// dirty) is written through to the backing device. Returns the volume (the cache works again).
+fn degraded_write_through_over_a_logged_copy(
+    rt: &LocalRuntime,
+    c: &Rc<MemDevice>,
+    b: &Rc<MemDevice>,
+) -> Volume<FailWrites, LocalRuntime> {
+    let cache_fail = Rc::new(std::cell::Cell::new(false));
+    let mut o = CreateOptions::default();
+    o.options.degraded_error_threshold = 4;
+    let (cd, bd) = (
+        FailWrites {
+            dev: c.clone(),
+            fail: cache_fail.clone(),
+        },
+        FailWrites {
+            dev: b.clone(),
+            fail: Rc::new(std::cell::Cell::new(false)),
+        },
+    );
+    let r = rt.clone();
+    let vol = rt
+        .block_on(async move { Volume::create(cd, bd, r, o).await })
+        .expect("create")
+        .0;
+    let (v, f, rt2) = (vol.clone(), cache_fail.clone(), rt.clone());
+    run(rt, async move {
+        for blk in 0..8u64 {
+            v.write(blk * 8, &[1u8; 4096], false).await.unwrap();
+        }
+        v.flush().await.unwrap();
+        f.set(true);
+        for blk in 8..400u64 {
+            v.write(blk * 8, &[3u8; 4096], false).await.unwrap();
+        }
+        let mut waited = 0;
+        while v.status().state != "degraded" {
+            assert!(waited < 5000, "not degraded after 5 s");
+            sleep_ms(&rt2, 10).await;
+            waited += 10;
+        }
+        v.flush().await.expect("degraded FLUSH rescues RAM data");
+        // The episode passes (the volume stays degraded); block 0 is written through.
+        f.set(false);
+        v.write(0, &[9u8; 4096], true).await.unwrap();
+    });
+    let st = vol.status();
+    assert_eq!(st.state, "degraded");
+    assert!(st.stale_copies_in_log && st.superseded_copies_in_log);
+    vol
+}
+
+/// Issue 13 (no older copy ever returned): after a degraded write-through superseded a copy in
+/// the log, a power cut must not let the next create replay that copy. The record says so
+/// durably before the backing write, and create refuses (force_format starts over from the
+/// backing device, which holds the newest data). Fails without the record flag or the check
+/// (the create replays block 0 = 1s over the 9s).
+#[test]
+fn a_power_cut_after_a_degraded_write_through_never_replays_the_superseded_copy() {
+    let (c, b) = devs(16, 64);
+    {
+        let rt = LocalRuntime::new();
+        let vol = degraded_write_through_over_a_logged_copy(&rt, &c, &b);
+        drop(vol); // power cut: no shutdown
+    }
+    let rt = LocalRuntime::new();
+    let (cs, bs, r) = (Shared(c.clone()), Shared(b.clone()), rt.clone());
+    let got = rt.block_on(async move { Volume::create(cs, bs, r, CreateOptions::default()).await });
+    match got {
+        Err(CreateError::SupersededCopiesInLog) => {}
+        Err(e) => panic!("create failed otherwise: {e}"),
+        Ok((v, _)) => {
+            let out = rt.block_on(async move {
+                let mut out = vec![0u8; 4096];
+                v.read(0, &mut out).await.unwrap();
+                out
+            });
+            panic!("create replayed the log; block 0 reads {}", out[0]);
+        }
+    }
+    let mut o = CreateOptions::default();
+    o.force_format = true;
+    let (vol, _) = create(&rt, &c, &b, o);
+    let v = vol.clone();
+    let out = run(&rt, async move {
+        let mut out = vec![0u8; 8 * 4096];
+        v.read(0, &mut out).await.unwrap();
+        out
+    });
+    assert!(out[..4096].iter().all(|&x| x == 9));
+    // Blocks 1..8 were dirty only in the log: force_format gives them up (as the error says).
+}
+
+/// The same episode ended by a clean shutdown: the shutdown drains the log and records it all
+/// written back, so the next create starts clean and block 0 reads the write-through's data.
+/// Fails without the drain (the create replays block 0 = 1s).
+#[test]
+fn a_clean_shutdown_after_a_degraded_write_through_drains_the_superseded_copies() {
+    let (c, b) = devs(16, 64);
+    {
+        let rt = LocalRuntime::new();
+        let vol = degraded_write_through_over_a_logged_copy(&rt, &c, &b);
+        let v = vol.clone();
+        run(&rt, async move { v.shutdown().await }).expect("drained shutdown");
+    }
+    let rt = LocalRuntime::new();
+    let (vol, startup) = create(&rt, &c, &b, CreateOptions::default());
+    assert_eq!(startup, Startup::Resumed);
+    assert_eq!(vol.status().nr_dirty_cache_blocks, 0);
+    let v = vol.clone();
+    let out = run(&rt, async move {
+        let mut out = vec![0u8; 8 * 4096];
+        v.read(0, &mut out).await.unwrap();
+        out
+    });
+    assert!(
+        out[..4096].iter().all(|&x| x == 9),
+        "block 0 reads {}",
+        out[0]
+    );
+    assert!(out[4096..].iter().all(|&x| x == 1));
 }

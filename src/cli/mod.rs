@@ -173,7 +173,9 @@ impl CliError {
                 CreateError::WrongBacking { .. } | CreateError::GeometryChanged { .. } => {
                     ExitStatus::WrongDevice
                 }
-                CreateError::LogDamaged { .. } => ExitStatus::Corrupt,
+                CreateError::LogDamaged { .. } | CreateError::SupersededCopiesInLog => {
+                    ExitStatus::Corrupt
+                }
                 CreateError::Geometry(_)
                 | CreateError::DirtyInWriteAround { .. }
                 | CreateError::Option(_) => ExitStatus::Usage,

@@ -4,8 +4,8 @@
 use super::*;
 use crate::device::DeviceError;
 use crate::format::{
-    minor_version_for_flags, DecodeError, RECORD_OFFSETS_BYTES, SUPERBLOCK_FLAG_READ_CACHE_ONLY,
-    SUPERBLOCK_FLAG_UNBOUND, VERSION_MAJOR,
+    minor_version_for_flags, DecodeError, RECORD_FLAG_SUPERSEDED_COPIES, RECORD_OFFSETS_BYTES,
+    SUPERBLOCK_FLAG_READ_CACHE_ONLY, SUPERBLOCK_FLAG_UNBOUND, VERSION_MAJOR,
 };
 use replay::{read_superblock, scan_log, LogScan};
 
@@ -180,6 +180,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                         "writeboost: replay could not read {} metadata or data blocks of the cache; they count as missing",
                         scan.unreadable_blocks
                     );
+                }
+                if scan
+                    .record
+                    .as_ref()
+                    .is_some_and(|r| r.flags & RECORD_FLAG_SUPERSEDED_COPIES != 0)
+                {
+                    return Err(CreateError::SupersededCopiesInLog);
                 }
                 if let Some(damage) = scan.damage.clone() {
                     if !opts.accept_damaged_log {

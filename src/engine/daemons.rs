@@ -5,7 +5,9 @@
 
 use super::*;
 use crate::engine::stats::ErrorKind;
-use crate::format::{Record, RECORD_FLAG_CLEAN_SHUTDOWN, RECORD_OFFSETS_BYTES};
+use crate::format::{
+    Record, RECORD_FLAG_CLEAN_SHUTDOWN, RECORD_FLAG_SUPERSEDED_COPIES, RECORD_OFFSETS_BYTES,
+};
 
 const NS_PER_S: u64 = 1_000_000_000;
 const UTIL_SAMPLE_NS: u64 = 100_000_000;
@@ -38,7 +40,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 seq: st.record_seq,
                 last_writeback_id,
                 head_id,
-                flags: if clean { RECORD_FLAG_CLEAN_SHUTDOWN } else { 0 },
+                flags: if clean { RECORD_FLAG_CLEAN_SHUTDOWN } else { 0 }
+                    | if st.health.superseded_in_log && !st.forget_log_at_record {
+                        RECORD_FLAG_SUPERSEDED_COPIES
+                    } else {
+                        0
+                    },
             };
             (
                 RECORD_OFFSETS_BYTES[(st.record_seq % 2) as usize],

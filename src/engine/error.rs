@@ -45,6 +45,8 @@ pub enum CreateError {
     LogDamaged {
         damage: crate::engine::replay::LogDamage,
     },
+    #[error("the log holds copies that writes made while the volume was degraded superseded on the backing device, and it was not drained before the volume stopped (power loss or a failed delete): replaying it would return older data. Create with force_format: the backing device holds every write made while degraded (dirty data only in the cache's log is lost)")]
+    SupersededCopiesInLog,
     #[error("invalid geometry: {0}")]
     Geometry(DecodeError),
     #[error("write_around_mode needs a cache without dirty data; this cache holds {nr_dirty_blocks} dirty blocks: create it in write-back mode and drop_caches first")]

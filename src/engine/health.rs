@@ -32,6 +32,11 @@ pub(super) struct Health {
     /// A block was written to the backing device while the log holds a copy that a replay could
     /// map (it is newer on the backing device than in the log).
     pub(super) stale_copies_in_log: bool,
+    /// A write-through superseded a copy that replay would map: every record says so
+    /// (`RECORD_FLAG_SUPERSEDED_COPIES`) until a drained shutdown forgets the log.
+    pub(super) superseded_in_log: bool,
+    /// A record with that flag is durable.
+    superseded_recorded: bool,
 }
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
@@ -85,6 +90,41 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         self.st.borrow().health.degraded.is_some()
     }
 
+    /// Before a write-through supersedes a copy in the log that replay would map (or once the log
+    /// may hold such copies), the superblock record says so durably: a power cut before the log
+    /// is drained then makes the next create refuse instead of replaying older data. Tried 3
+    /// times; a cache that cannot write its record keeps the write going (it is counted, and a
+    /// create on such a cache cannot write its own record either).
+    async fn record_superseded_before(self: &Rc<Self>, offset_sectors: u64, nr_sectors: u64) {
+        let spb = SECTORS_PER_BLOCK as u64;
+        {
+            let mut st = self.st.borrow_mut();
+            if st.health.superseded_recorded {
+                return;
+            }
+            let floor = st.recorded_writeback;
+            let hazard = st.health.stale_copies_in_log
+                || (offset_sectors / spb..(offset_sectors + nr_sectors).div_ceil(spb)).any(|b| {
+                    st.index.lookup(b).is_some()
+                        || st.shadowed.get(&b).is_some_and(|&id| id > floor)
+                });
+            if !hazard {
+                return;
+            }
+            st.health.superseded_in_log = true;
+            st.health.stale_copies_in_log = true;
+        }
+        for _ in 0..3 {
+            if self.write_record(false).await.is_ok() {
+                self.st.borrow_mut().health.superseded_recorded = true;
+                return;
+            }
+        }
+        tracing::error!(
+            "writeboost: the superblock record could not say that the log holds superseded copies; a create after a power cut may replay them"
+        );
+    }
+
     /// The degraded write path.
     pub(super) async fn write_through(
         self: &Rc<Self>,
@@ -128,6 +168,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 return Err(e.clone());
             }
         };
+        self.record_superseded_before(w_off, (w_data.len() / SECTOR) as u64)
+            .await;
         {
             let mut st = self.st.borrow_mut();
             st.count_direct_write(offset_sectors, (data.len() / SECTOR) as u64);

@@ -15,6 +15,7 @@ mod create;
 mod cutoff;
 mod daemons;
 mod health;
+mod invariants;
 mod log;
 mod read;
 pub mod replay;
@@ -285,9 +286,12 @@ pub struct Status {
     pub state: &'static str,
     /// Why the volume is degraded.
     pub degraded_reason: Option<String>,
-    /// The log may hold copies that writes made while degraded superseded on the backing device:
-    /// drain the volume (drop_caches) or re-format the cache before creating it again.
+    /// The log may hold copies that writes made while degraded superseded on the backing device
+    /// (a delete drains the volume first).
     pub stale_copies_in_log: bool,
+    /// The superblock record says the log holds superseded copies: a create after a power cut
+    /// refuses it (`CreateError::SupersededCopiesInLog`) until the cache is re-formatted.
+    pub superseded_copies_in_log: bool,
     pub counters: Counters,
 }
 
@@ -496,6 +500,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             },
             degraded_reason: st.health.degraded.clone(),
             stale_copies_in_log: st.health.stale_copies_in_log,
+            superseded_copies_in_log: st.health.superseded_in_log,
             counters: st.counters.clone(),
         }
     }
@@ -514,49 +519,6 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             });
         }
         Ok(())
-    }
-
-    /// Consistency checks of the in-core state (tests call this after every step).
-    pub fn check_invariants(&self) {
-        let st = self.inner.st.borrow();
-        assert!(
-            st.last_writeback <= st.last_durable,
-            "writeback ahead of durable"
-        );
-        assert!(
-            st.last_durable <= st.last_written,
-            "durable ahead of written"
-        );
-        assert!(st.last_written <= st.last_sealed, "written ahead of sealed");
-        let newest_id = st.open.map(|o| o.id).unwrap_or(st.next_id - 1);
-        assert!(
-            newest_id - st.last_writeback <= st.geo.nr_segments,
-            "log overran writeback"
-        );
-        let mut dirty = 0;
-        for cb in 0..st.geo.nr_cache_blocks() {
-            let b = st.index.backing_of(cb);
-            if b == index::NO_BLOCK {
-                continue;
-            }
-            assert_eq!(
-                st.index.lookup(b),
-                Some(cb),
-                "index inconsistent for block {b}"
-            );
-            assert_eq!(st.index.dirty(cb) & !st.index.valid(cb), 0);
-            if st.index.dirty(cb) != 0 {
-                dirty += 1;
-                let id = st.slot_id[st.slot_of_cb(cb) as usize];
-                assert!(
-                    id > st.last_writeback,
-                    "dirty block {b} in written-back segment {id} (degraded: {}, bypass in flight: {})",
-                    st.health.degraded.is_some(),
-                    st.bypass_inflight.contains_key(&b)
-                );
-            }
-        }
-        assert_eq!(dirty, st.nr_dirty, "nr_dirty drifted");
     }
 }
 

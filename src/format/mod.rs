@@ -7,7 +7,7 @@ pub mod record;
 pub mod segment;
 pub mod superblock;
 
-pub use record::{Record, RECORD_FLAG_CLEAN_SHUTDOWN};
+pub use record::{Record, RECORD_FLAG_CLEAN_SHUTDOWN, RECORD_FLAG_SUPERSEDED_COPIES};
 pub use segment::{Entry, SegmentHeader, ENTRY_SIZE_BYTES, SEGMENT_HEADER_FIXED_BYTES};
 pub use superblock::{
     minor_version_for_flags, Geometry, Superblock, SUPERBLOCK_FLAG_READ_CACHE_ONLY,

@@ -8,6 +8,12 @@ pub const RECORD_MAGIC: u64 = u64::from_le_bytes(*b"WBOOSTRC");
 pub const RECORD_BYTES: usize = 128;
 /// Set when the volume was shut down cleanly: every segment up to `head_id` was durable.
 pub const RECORD_FLAG_CLEAN_SHUTDOWN: u32 = 1;
+/// Set once a degraded volume wrote a block through to the backing device while the log held a
+/// copy of it that replay would map: the log holds superseded copies, and a create must not
+/// replay it (it refuses; `force_format` starts over from the backing device). A drained clean
+/// shutdown writes a record without it.
+pub const RECORD_FLAG_SUPERSEDED_COPIES: u32 = 2;
+const RECORD_FLAGS_KNOWN: u32 = RECORD_FLAG_CLEAN_SHUTDOWN | RECORD_FLAG_SUPERSEDED_COPIES;
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Record {
@@ -46,7 +52,7 @@ impl Record {
     pub fn decode(b: &[u8]) -> Result<Record, DecodeError> {
         check_magic_and_crc(b, RECORD_BYTES, RECORD_MAGIC, OFF_CRC)?;
         check_zero(b, OFF_FLAGS + 4, OFF_CRC, "reserved")?;
-        if get_u32(b, OFF_FLAGS) & !RECORD_FLAG_CLEAN_SHUTDOWN != 0 {
+        if get_u32(b, OFF_FLAGS) & !RECORD_FLAGS_KNOWN != 0 {
             return Err(DecodeError::OutOfRange {
                 field: "flags",
                 value: get_u32(b, OFF_FLAGS) as u64,

@@ -525,6 +525,25 @@ fn issue15_replay_with_the_newest_segment_unreadable_loses_nothing() {
     }
 }
 
+#[test]
+fn replay_retries_a_transient_read_error_of_the_newest_segment() {
+    // One failed read of the newest segment's header or data is a transient error: replay
+    // reads it again, and create succeeds with every write (with a single attempt it refuses
+    // the log as having an unreadable tail: mutation replay_retries_reads).
+    for (what, cut) in [
+        (Unreadable::NewestHeader, false),
+        (Unreadable::NewestHeader, true),
+        (Unreadable::NewestData, true),
+    ] {
+        let ok = replay_with_read_error(7, what, cut, 1)
+            .unwrap_or_else(|e| panic!("{what:?} power cut {cut}: {e}"));
+        assert!(
+            ok,
+            "create failed after one transient read error of {what:?} (power cut {cut})"
+        );
+    }
+}
+
 /// Writes 6 blocks (two segments of 3) and shuts down cleanly; returns the volume's last
 /// segment id (the record's head) and the geometry.
 fn clean_log(rig: &mut Rig) -> (u64, writeboost::format::Geometry) {

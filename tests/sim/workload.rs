@@ -216,6 +216,8 @@ pub struct Coverage {
     pub resumes_write_around_to_back: u64,
     pub resumes_write_back_to_around: u64,
     pub refused_dirty_write_around: u64,
+    /// Creates refused after a power cut because the log held superseded copies.
+    pub creates_refused_superseded: u64,
     pub creates_with_faults: u64,
     pub creates_failed_with_faults: u64,
     pub creates_cut_by_power: u64,
@@ -254,6 +256,7 @@ impl Coverage {
             resumes_write_around_to_back,
             resumes_write_back_to_around,
             refused_dirty_write_around,
+            creates_refused_superseded,
             creates_with_faults,
             creates_failed_with_faults,
             creates_cut_by_power,
@@ -306,6 +309,8 @@ struct Ctx {
     next_op_tag: Cell<u64>,
     /// Virtual time at which the poller first saw the volume degraded.
     degraded_at: Cell<Option<u64>>,
+    /// The volume last dropped had recorded superseded copies in its log (a create may refuse).
+    superseded: Cell<bool>,
 }
 
 impl Ctx {
@@ -776,7 +781,7 @@ fn open_volume(
     mut crashed: bool,
     uuid_seed: u64,
     first: bool,
-) -> Result<Vol, Failure> {
+) -> Result<Option<Vol>, Failure> {
     let world = &ctx.world;
     let swarm = &ctx.swarm;
     let mut attempt = 0;
@@ -823,12 +828,20 @@ fn open_volume(
             Created::Ok(vol) => {
                 vol.check_invariants();
                 verify_all(ctx, &vol, crashed, "recovery lost or resurrected data")?;
-                return Ok(vol);
+                ctx.superseded.set(false);
+                return Ok(Some(vol));
             }
             Created::Cut => {
                 ctx.cov.borrow_mut().creates_cut_by_power += 1;
                 power_cut(ctx, cache, backing);
                 crashed = true;
+            }
+            Created::Err(CreateError::SupersededCopiesInLog) if crashed && ctx.superseded.get() => {
+                // The log holds copies that degraded write-throughs superseded, and no drained
+                // shutdown forgot them: refusing is right (replaying would return older data).
+                // The operator re-formats; the run ends here.
+                ctx.cov.borrow_mut().creates_refused_superseded += 1;
+                return Ok(None);
             }
             Created::Err(CreateError::DirtyInWriteAround { .. }) if cfg.write_around => {
                 ctx.cov.borrow_mut().refused_dirty_write_around += 1;
@@ -1049,6 +1062,7 @@ fn run_swarm(world: &World, swarm: &Swarm) -> Result<Coverage, Failure> {
         ops_in_flight: RefCell::new(Default::default()),
         next_op_tag: Cell::new(0),
         degraded_at: Cell::new(None),
+        superseded: Cell::new(false),
     });
     run_epochs(&ctx, &cache, &backing).map_err(|mut f| {
         let c = ctx.cov.borrow();
@@ -1251,7 +1265,8 @@ fn run_epochs(ctx: &Rc<Ctx>, cache: &SimDisk, backing: &SimDisk) -> Result<Cover
     let (cache, backing) = (cache.clone(), backing.clone());
     set_faults(&[&cache, &backing], false, 0);
     let mut cfg = VolCfg::draw(world, swarm, swarm.write_around);
-    let mut vol = open_volume(ctx, &cache, &backing, &cfg, false, 1, true)?;
+    let mut vol = open_volume(ctx, &cache, &backing, &cfg, false, 1, true)?
+        .expect("a first create is never refused for superseded copies");
     if swarm.canary {
         vol.plant_bug_skip_cache_flush();
     }
@@ -1361,6 +1376,8 @@ fn run_epochs(ctx: &Rc<Ctx>, cache: &SimDisk, backing: &SimDisk) -> Result<Cover
                 true
             }
         };
+        ctx.superseded
+            .set(ctx.superseded.get() || vol.status().superseded_copies_in_log);
         drop(vol);
         let write_around = if swarm.mode_changes && world.rng().chance(50) {
             let to = !cfg.write_around;
@@ -1375,7 +1392,14 @@ fn run_epochs(ctx: &Rc<Ctx>, cache: &SimDisk, backing: &SimDisk) -> Result<Cover
             cfg.write_around
         };
         cfg = VolCfg::draw(world, swarm, write_around);
-        vol = open_volume(ctx, &cache, &backing, &cfg, crashed, epoch + 2, false)?;
+        vol = match open_volume(ctx, &cache, &backing, &cfg, crashed, epoch + 2, false)? {
+            Some(v) => v,
+            None => {
+                let mut cov = ctx.cov.borrow().clone();
+                cov.seeds = 1;
+                return Ok(cov);
+            }
+        };
         if swarm.canary {
             vol.plant_bug_skip_cache_flush();
         }

@@ -1049,8 +1049,10 @@ fn a_power_cut_after_a_degraded_write_through_never_replays_the_superseded_copy(
             panic!("create replayed the log; block 0 reads {}", out[0]);
         }
     }
-    let mut o = CreateOptions::default();
-    o.force_format = true;
+    let o = CreateOptions {
+        force_format: true,
+        ..CreateOptions::default()
+    };
     let (vol, _) = create(&rt, &c, &b, o);
     let v = vol.clone();
     let out = run(&rt, async move {

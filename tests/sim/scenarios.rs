@@ -720,7 +720,10 @@ fn degraded_write_keeps_the_logged_copy_readable_until_its_backing_write_complet
             .expect("degraded write stalled");
         r.expect("a full-block write on the degraded volume succeeds");
         let seen = seen.borrow();
-        assert!(seen.len() > 3, "seed {seed}: readers did not overlap the write");
+        assert!(
+            seen.len() > 3,
+            "seed {seed}: readers did not overlap the write"
+        );
         for id in seen.iter() {
             assert!(
                 *id == Some(w1) || *id == Some(w2),

@@ -536,7 +536,9 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
     assert_run_clean(env, &t, "4 KiB -C verify before cache read errors", &r, f0);
     // Writeback reads the cache too (the verify rewrites wrap the log), and an injected error
     // fails whichever reads come next: a round may hit only writeback's. Up to 3 rounds, until a
-    // host read failed (one round: 0 of 72 once, 9 of 75 the next run).
+    // host read failed (one round: 0 of 72 once, 9 of 75 the next run). Still flaky: all 216
+    // errors of 3 rounds landed on writeback's reads in one run of five (session 5 note); a
+    // 1 GiB cache that the rounds do not wrap did not help (writeback still read it).
     let f0 = failed_ios(env, &sock, "wb0");
     let (mut r, mut host_failed, mut bdevperf_failed, mut rounds) = (Ok(Vec::new()), 0, 0, 0);
     while rounds < 3 && host_failed == 0 {

@@ -37,6 +37,10 @@ pub(super) struct Health {
     pub(super) superseded_in_log: bool,
     /// A record with that flag is durable.
     superseded_recorded: bool,
+    /// After 3 failed record writes, no new try before this time (a dead cache would otherwise
+    /// cost every write-through 3 failed writes); the error is logged once.
+    superseded_next_try_ns: u64,
+    superseded_warned: bool,
 }
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
@@ -93,13 +97,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// Before a write-through supersedes a copy in the log that replay would map (or once the log
     /// may hold such copies), the superblock record says so durably: a power cut before the log
     /// is drained then makes the next create refuse instead of replaying older data. Tried 3
-    /// times; a cache that cannot write its record keeps the write going (it is counted, and a
-    /// create on such a cache cannot write its own record either).
+    /// times, then at most once a second; a cache that cannot write its record keeps the write
+    /// going (the errors are counted, and a create on such a cache cannot write its own record
+    /// either).
     async fn record_superseded_before(self: &Rc<Self>, offset_sectors: u64, nr_sectors: u64) {
         let spb = SECTORS_PER_BLOCK as u64;
         {
             let mut st = self.st.borrow_mut();
-            if st.health.superseded_recorded {
+            if st.health.superseded_recorded || self.rt.now_ns() < st.health.superseded_next_try_ns
+            {
                 return;
             }
             let floor = st.recorded_writeback;
@@ -120,9 +126,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 return;
             }
         }
-        tracing::error!(
-            "writeboost: the superblock record could not say that the log holds superseded copies; a create after a power cut may replay them"
-        );
+        let mut st = self.st.borrow_mut();
+        st.health.superseded_next_try_ns = self.rt.now_ns() + NS_PER_S;
+        if !std::mem::replace(&mut st.health.superseded_warned, true) {
+            tracing::error!(
+                "writeboost: the superblock record could not say that the log holds superseded copies (retried every second); a create after a power cut may replay them"
+            );
+        }
     }
 
     /// The degraded write path.

@@ -56,9 +56,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             if st.shadowed.len() as u64 > st.geo.nr_cache_blocks() {
                 st.shadowed.retain(|_, id| *id > floor);
             }
-            let clear = (first..last).all(|b| {
-                st.index.lookup(b).is_none() && st.shadowed.get(&b).is_none_or(|&id| id <= floor)
-            });
+            let clear = (first..last).all(|b| !st.replayable_copy(b));
             if clear {
                 st.count_direct_write(offset_sectors, nr_sectors);
                 for b in first..last {

@@ -29,7 +29,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let mut st = self.st.borrow_mut();
             st.record_seq += 1;
             // A drained shutdown of a log with superseded copies forgets every allocated id.
-            let newest_id = st.open.map(|o| o.id).unwrap_or(st.next_id - 1);
+            let newest_id = st.newest_id();
             let (last_writeback_id, head_id) = if st.forget_log_at_record {
                 (newest_id, newest_id)
             } else {

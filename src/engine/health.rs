@@ -108,12 +108,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             {
                 return;
             }
-            let floor = st.recorded_writeback;
             let hazard = st.health.stale_copies_in_log
-                || (offset_sectors / spb..(offset_sectors + nr_sectors).div_ceil(spb)).any(|b| {
-                    st.index.lookup(b).is_some()
-                        || st.shadowed.get(&b).is_some_and(|&id| id > floor)
-                });
+                || (offset_sectors / spb..(offset_sectors + nr_sectors).div_ceil(spb))
+                    .any(|b| st.replayable_copy(b));
             if !hazard {
                 return;
             }
@@ -195,13 +192,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let nr = (w_data.len() / SECTOR) as u64;
             let hazard = {
                 let st = self.st.borrow();
-                (w_off / spb..(w_off + nr).div_ceil(spb)).any(|b| {
-                    st.index.lookup(b).is_some()
-                        || st
-                            .shadowed
-                            .get(&b)
-                            .is_some_and(|&id| id > st.recorded_writeback)
-                })
+                (w_off / spb..(w_off + nr).div_ceil(spb)).any(|b| st.replayable_copy(b))
             };
             self.invalidate_range(w_off, nr, true);
             if hazard {

@@ -16,7 +16,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             "durable ahead of written"
         );
         assert!(st.last_written <= st.last_sealed, "written ahead of sealed");
-        let newest_id = st.open.map(|o| o.id).unwrap_or(st.next_id - 1);
+        let newest_id = st.newest_id();
         assert!(
             newest_id - st.last_writeback <= st.geo.nr_segments,
             "log overran writeback"

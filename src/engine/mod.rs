@@ -399,6 +399,19 @@ impl State {
     fn dpb(&self) -> u64 {
         self.geo.data_blocks_per_segment() as u64
     }
+    /// The newest allocated segment id (the open one, else the last sealed).
+    fn newest_id(&self) -> u64 {
+        self.open.map(|o| o.id).unwrap_or(self.next_id - 1)
+    }
+    /// Whether the log holds a copy of `block` that replay could map: it is cached, or it was
+    /// invalidated (`shadowed`) in a segment above the recorded writeback id.
+    fn replayable_copy(&self, block: u64) -> bool {
+        self.index.lookup(block).is_some()
+            || self
+                .shadowed
+                .get(&block)
+                .is_some_and(|&id| id > self.recorded_writeback)
+    }
     fn slot_of_cb(&self, cb: u64) -> u64 {
         cb / self.dpb()
     }

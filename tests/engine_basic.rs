@@ -843,14 +843,13 @@ fn sleep_ms(rt: &LocalRuntime, ms: u64) -> impl std::future::Future<Output = ()>
     rt.sleep(ms * 1_000_000)
 }
 
-/// Issue 13, item 2: a cache whose writes and flushes keep failing puts the volume in degraded
-/// state; writes then go to the backing device (a partial write over dirty cached sectors is
-/// widened with the newest data), FLUSH rescues what is only in RAM, reads never return an older
-/// copy, and drop_caches drains what the cache still reads.
-#[test]
-fn a_failing_cache_degrades_the_volume_and_nothing_acknowledged_is_lost() {
-    let rt = LocalRuntime::new();
-    let (c, b) = devs(16, 64);
+/// A volume over `c` and `b` whose cache writes and flushes fail while the returned flag is set,
+/// with `degraded_error_threshold` 4.
+fn create_with_failing_cache(
+    rt: &LocalRuntime,
+    c: &Rc<MemDevice>,
+    b: &Rc<MemDevice>,
+) -> (Volume<FailWrites, LocalRuntime>, Rc<std::cell::Cell<bool>>) {
     let cache_fail = Rc::new(std::cell::Cell::new(false));
     let mut o = CreateOptions::default();
     o.options.degraded_error_threshold = 4;
@@ -869,6 +868,32 @@ fn a_failing_cache_degrades_the_volume_and_nothing_acknowledged_is_lost() {
         .block_on(async move { Volume::create(cd, bd, r, o).await })
         .expect("create")
         .0;
+    (vol, cache_fail)
+}
+
+/// Sleeps until the volume is degraded (at most 5 s).
+async fn wait_degraded(v: &Volume<FailWrites, LocalRuntime>, rt: &LocalRuntime) {
+    let mut waited = 0;
+    while v.status().state != "degraded" {
+        assert!(
+            waited < 5000,
+            "not degraded after 5 s: {:?}",
+            v.status().counters
+        );
+        sleep_ms(rt, 10).await;
+        waited += 10;
+    }
+}
+
+/// Issue 13, item 2: a cache whose writes and flushes keep failing puts the volume in degraded
+/// state; writes then go to the backing device (a partial write over dirty cached sectors is
+/// widened with the newest data), FLUSH rescues what is only in RAM, reads never return an older
+/// copy, and drop_caches drains what the cache still reads.
+#[test]
+fn a_failing_cache_degrades_the_volume_and_nothing_acknowledged_is_lost() {
+    let rt = LocalRuntime::new();
+    let (c, b) = devs(16, 64);
+    let (vol, cache_fail) = create_with_failing_cache(&rt, &c, &b);
     let v = vol.clone();
     let f = cache_fail.clone();
     let rt2 = rt.clone();
@@ -885,16 +910,7 @@ fn a_failing_cache_degrades_the_volume_and_nothing_acknowledged_is_lost() {
         for blk in 10..400u64 {
             v.write(blk * 8, &[3u8; 4096], false).await.unwrap();
         }
-        let mut waited = 0;
-        while v.status().state != "degraded" {
-            assert!(
-                waited < 5000,
-                "not degraded after 5 s: {:?}",
-                v.status().counters
-            );
-            sleep_ms(&rt2, 10).await;
-            waited += 10;
-        }
+        wait_degraded(&v, &rt2).await;
         // Degraded: a one-sector write over a dirty cached block keeps its other sectors.
         v.write(0, &[4u8; 512], false).await.unwrap();
         v.write(500 * 8, &[5u8; 4096], true).await.unwrap();
@@ -976,24 +992,7 @@ fn degraded_write_through_over_a_logged_copy(
     c: &Rc<MemDevice>,
     b: &Rc<MemDevice>,
 ) -> Volume<FailWrites, LocalRuntime> {
-    let cache_fail = Rc::new(std::cell::Cell::new(false));
-    let mut o = CreateOptions::default();
-    o.options.degraded_error_threshold = 4;
-    let (cd, bd) = (
-        FailWrites {
-            dev: c.clone(),
-            fail: cache_fail.clone(),
-        },
-        FailWrites {
-            dev: b.clone(),
-            fail: Rc::new(std::cell::Cell::new(false)),
-        },
-    );
-    let r = rt.clone();
-    let vol = rt
-        .block_on(async move { Volume::create(cd, bd, r, o).await })
-        .expect("create")
-        .0;
+    let (vol, cache_fail) = create_with_failing_cache(rt, c, b);
     let (v, f, rt2) = (vol.clone(), cache_fail.clone(), rt.clone());
     run(rt, async move {
         for blk in 0..8u64 {
@@ -1004,12 +1003,7 @@ fn degraded_write_through_over_a_logged_copy(
         for blk in 8..400u64 {
             v.write(blk * 8, &[3u8; 4096], false).await.unwrap();
         }
-        let mut waited = 0;
-        while v.status().state != "degraded" {
-            assert!(waited < 5000, "not degraded after 5 s");
-            sleep_ms(&rt2, 10).await;
-            waited += 10;
-        }
+        wait_degraded(&v, &rt2).await;
         v.flush().await.expect("degraded FLUSH rescues RAM data");
         // The episode passes (the volume stays degraded); block 0 is written through.
         f.set(false);

@@ -232,6 +232,30 @@ fn assert_run_clean(env: &Env, t: &Target, what: &str, r: &RunResult, failed_bef
     total_iops(r)
 }
 
+/// A 5 s run of the target's jobs with `num` write failures injected into `bdev` every `every`;
+/// asserts the host saw none (`what` names the run). Returns the run's IOPS, the injections
+/// sent, the writes that failed on `bdev`, and wb0's stats after the injections were cleared.
+fn run_injecting_write_errors(
+    env: &Env,
+    t: &Target,
+    bdev: &str,
+    num: u32,
+    every: Duration,
+    what: &str,
+) -> (f64, u32, u64, Value) {
+    let sock = &t.sock;
+    let f0 = failed_ios(env, sock, "wb0");
+    let mut injections = 0u32;
+    let r = perform_while(env, sock, 5, every, |_| {
+        let _ = inject(env, sock, bdev, "write", num);
+        injections += 1;
+    });
+    let during = assert_run_clean(env, t, what, &r, f0);
+    clear(env, sock, bdev);
+    let st = stats(env, sock, "wb0");
+    (during, injections, failed_ios(env, sock, bdev), st)
+}
+
 /// Drains the volume (`drop_caches`) and checks that nothing dirty is left.
 fn assert_drains(env: &Env, sock: &Path, what: &str) {
     let dirty = u(&stats(env, sock, "wb0"), "nr_dirty_cache_blocks");
@@ -271,22 +295,14 @@ pub fn faults_backing_write_errors_under_bypass_hidden_and_counted(env: &Env) {
 
     // During: 3 backing write failures every 200 ms, for the whole run.
     let bypassed0 = u(&st, "bytes_bypassed");
-    let f0 = failed_ios(env, &sock, "wb0");
-    let mut injections = 0u32;
-    let r = perform_while(env, &sock, 5, Duration::from_millis(200), |_| {
-        let _ = inject(env, &sock, BACKING, "write", 3);
-        injections += 1;
-    });
-    let during = assert_run_clean(
+    let (during, injections, injected, st) = run_injecting_write_errors(
         env,
         &t,
+        BACKING,
+        3,
+        Duration::from_millis(200),
         "64 KiB verify, transient backing write errors",
-        &r,
-        f0,
     );
-    clear(env, &sock, BACKING);
-    let st = stats(env, &sock, "wb0");
-    let injected = failed_ios(env, &sock, BACKING);
     println!(
         "e2e faults: backing: {injections} injections of 3, {injected} backing writes failed; engine counted backing_write_errors {}, bypass_retried_in_log {}, bytes_bypassed during the run {}, state {}",
         u(&st, "backing_write_errors"),
@@ -454,22 +470,14 @@ pub fn faults_cache_write_errors_transient_hidden_and_counted(env: &Env) {
     // default threshold (16 in 10 s).
     let segments0 = u(&st, "segments_written");
     let flushes0 = u(&st, "flushes");
-    let f0 = failed_ios(env, &sock, "wb0");
-    let mut injections = 0u32;
-    let r = perform_while(env, &sock, 5, Duration::from_millis(600), |_| {
-        let _ = inject(env, &sock, CACHE, "write", 1);
-        injections += 1;
-    });
-    let during = assert_run_clean(
+    let (during, injections, injected, st) = run_injecting_write_errors(
         env,
         &t,
+        CACHE,
+        1,
+        Duration::from_millis(600),
         "4 KiB verify on 2 cores + FLUSH, transient cache write errors",
-        &r,
-        f0,
     );
-    clear(env, &sock, CACHE);
-    let st = stats(env, &sock, "wb0");
-    let injected = failed_ios(env, &sock, CACHE);
     println!(
         "e2e faults: cache: {injections} injections of 1, {injected} cache writes failed; engine counted cache_write_errors {}, cache_flush_errors {}, segments written during the run {}, state {}",
         u(&st, "cache_write_errors"),

@@ -4,7 +4,7 @@
 //! Discard does what a real device may do, chosen by the seed: nothing, zeroes, zeroes in whole
 //! 4 KiB granules only, or zeroes in some sectors; like a write it is volatile until a FLUSH.
 //! Faults: injected read/write/flush/discard errors, at a rate (`faults_enabled`, plus a boost
-//! for bursts) or aimed at given byte ranges (`fail_reads`, whatever `faults_enabled` says).
+//! for bursts) or aimed at given byte ranges (`fail_reads`, `fail_writes`, whatever `faults_enabled` says).
 //! Every I/O and its completion goes into the world's execution trace.
 //! Latency: uniform, or an HDD model with seek cost.
 
@@ -67,6 +67,10 @@ pub struct DiskState {
     pub fail_reads: Vec<AimedFault>,
     /// Read errors the aimed faults caused.
     pub aimed_read_errors: u64,
+    /// Aimed write errors, as `fail_reads` for writes.
+    pub fail_writes: Vec<AimedFault>,
+    /// Write errors the aimed faults caused.
+    pub aimed_write_errors: u64,
     /// Read errors returned (aimed or not).
     pub read_errors: u64,
     /// A power cut loses every write not yet durable (scripted scenarios; the swarm keeps the
@@ -86,7 +90,21 @@ pub enum Dead {
     Gone,
 }
 
-/// A read error aimed at a byte range.
+/// Consumes one firing of the first fault in `faults` that overlaps [off, off+len).
+fn aimed_hit(faults: &mut [AimedFault], off: u64, len: u64) -> bool {
+    match faults
+        .iter_mut()
+        .find(|f| f.count > 0 && off < f.end && f.start < off + len)
+    {
+        Some(f) => {
+            f.count -= 1;
+            true
+        }
+        None => false,
+    }
+}
+
+/// A read or write error aimed at a byte range.
 #[derive(Clone, Debug)]
 pub struct AimedFault {
     pub start: u64,
@@ -126,6 +144,8 @@ impl SimDisk {
                 fault_boost_per_10k: 0,
                 fail_reads: Vec::new(),
                 aimed_read_errors: 0,
+                fail_writes: Vec::new(),
+                aimed_write_errors: 0,
                 read_errors: 0,
                 power_cut_loses_all: false,
                 bytes_read: 0,
@@ -191,18 +211,17 @@ impl SimDisk {
     /// An aimed read error for [off, off+len), consumed if it fires.
     fn aimed_read_fault(&self, off: u64, len: u64) -> bool {
         let mut st = self.st.borrow_mut();
-        let hit = st
-            .fail_reads
-            .iter_mut()
-            .find(|f| f.count > 0 && off < f.end && f.start < off + len);
-        match hit {
-            Some(f) => {
-                f.count -= 1;
-                st.aimed_read_errors += 1;
-                true
-            }
-            None => false,
-        }
+        let hit = aimed_hit(&mut st.fail_reads, off, len);
+        st.aimed_read_errors += hit as u64;
+        hit
+    }
+
+    /// An aimed write error for [off, off+len), consumed if it fires.
+    fn aimed_write_fault(&self, off: u64, len: u64) -> bool {
+        let mut st = self.st.borrow_mut();
+        let hit = aimed_hit(&mut st.fail_writes, off, len);
+        st.aimed_write_errors += hit as u64;
+        hit
     }
 
     fn trace(&self, op: u64, a: u64, b: u64) {
@@ -372,7 +391,9 @@ impl BlockDevice for SimDisk {
         let lat = self.latency_ns(off, buf.len() as u64);
         self.world.after(lat).await;
         let refused = self.refused(false);
-        let failed = refused || self.io_fault(self.st.borrow().cfg.write_error_per_10k);
+        let failed = refused
+            || self.aimed_write_fault(off, buf.len() as u64)
+            || self.io_fault(self.st.borrow().cfg.write_error_per_10k);
         self.trace(4, off, failed as u64);
         trace_io(
             self,

@@ -680,12 +680,11 @@ pub fn faults_persistent_cache_errors_degrade_and_io_flows_to_backing(env: &Env)
         &r,
         f0,
     );
+    // Not asserted: dirty blocks left now. With a 32 MiB cache a writeback batch (up to 32
+    // segments) may take the whole log once the run stops (dirty 0 seen once); the
+    // injection below comes late in its run, whose writes leave dirty blocks to drain.
     let st = stats(env, &sock, "wb0");
-    assert_eq!(
-        (st["state"].as_str(), u(&st, "nr_dirty_cache_blocks") > 0),
-        (Some("running"), true),
-        "{st}"
-    );
+    assert_eq!(st["state"], "running", "{st}");
 
     // 1.8 s into a 2 s run, every cache write starts failing (u32::MAX injected failures): late,
     // so that the run's write-through writes leave dirty blocks for the drain below (usually).

@@ -182,6 +182,21 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             inner
                 .wait_until(|st| !st.writeback_in_flight && st.write_through_over_cached == 0)
                 .await;
+            {
+                // Dirty blocks with every segment written back: no batch can take them, and
+                // this loop would spin without yielding (a frozen reactor). A broken invariant.
+                let st = inner.st.borrow();
+                if st.nr_dirty > 0 && st.newest_id() <= st.last_writeback {
+                    tracing::error!(
+                        "writeboost: internal error: {} dirty blocks in written-back segments (last_writeback_id {}); drop_caches gives up",
+                        st.nr_dirty,
+                        st.last_writeback
+                    );
+                    return Err(IoError::DirtyInWrittenBackSegments {
+                        nr_dirty_blocks: st.nr_dirty,
+                    });
+                }
+            }
             inner.st.borrow_mut().writeback_in_flight = true;
             if let Err(e) = inner.writeback_batch().await {
                 failures += 1;

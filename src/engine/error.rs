@@ -75,6 +75,9 @@ pub enum IoError {
     Degraded,
     #[error("the log holds copies that writes made while degraded superseded on the backing device, and {nr_dirty_blocks} dirty blocks could not be written back: a create would replay both (drain with drop_caches once the cache reads, or create with force_format)")]
     StaleLogNotDrained { nr_dirty_blocks: u64 },
+    /// A broken invariant: drop_caches found dirty blocks but no segment left to write back.
+    #[error("internal error: {nr_dirty_blocks} dirty blocks are in segments already marked written back; drop_caches cannot drain them (please report it with the volume's get_stats)")]
+    DirtyInWrittenBackSegments { nr_dirty_blocks: u64 },
 }
 
 impl IoError {

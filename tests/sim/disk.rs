@@ -71,6 +71,8 @@ pub struct DiskState {
     pub fail_writes: Vec<AimedFault>,
     /// Write errors the aimed faults caused.
     pub aimed_write_errors: u64,
+    /// Extra latency of writes overlapping [start, end) bytes: (start, end, ns).
+    pub slow_writes: Vec<(u64, u64, u64)>,
     /// Read errors returned (aimed or not).
     pub read_errors: u64,
     /// A power cut loses every write not yet durable (scripted scenarios; the swarm keeps the
@@ -146,6 +148,7 @@ impl SimDisk {
                 aimed_read_errors: 0,
                 fail_writes: Vec::new(),
                 aimed_write_errors: 0,
+                slow_writes: Vec::new(),
                 read_errors: 0,
                 power_cut_loses_all: false,
                 bytes_read: 0,
@@ -388,7 +391,16 @@ impl BlockDevice for SimDisk {
             st.inflight.insert(id, (off, buf.to_vec()));
             id
         };
-        let lat = self.latency_ns(off, buf.len() as u64);
+        let slow: u64 = {
+            let end = off + buf.len() as u64;
+            let st = self.st.borrow();
+            st.slow_writes
+                .iter()
+                .filter(|&&(a, b, _)| off < b && a < end)
+                .map(|&(_, _, ns)| ns)
+                .sum()
+        };
+        let lat = self.latency_ns(off, buf.len() as u64) + slow;
         self.world.after(lat).await;
         let refused = self.refused(false);
         let failed = refused

@@ -253,11 +253,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             slot_readers: vec![0; nr],
             slot_buf: vec![NO_BUF; nr],
             bufs: (0..nr_bufs)
-                .map(|_| {
-                    Rc::new(RefCell::new(AlignedBuf::zeroed(
-                        geo.segment_size_bytes as usize,
-                    )))
-                })
+                .map(|_| super::segment_buf::SegmentBuf::zeroed(geo.segment_size_bytes as usize))
                 .collect(),
             free_bufs: (0..nr_bufs).rev().collect(),
             open: None,

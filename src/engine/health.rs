@@ -299,7 +299,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     let data = st.cb_in_ram(cb).map(|b| {
                         let off = st.cb_buf_offset(cb);
                         let mut d = AlignedBuf::for_overwrite(BLOCK);
-                        d.copy_from_slice(&st.bufs[b].borrow()[off..off + BLOCK]);
+                        d.copy_from_slice(&st.bufs[b].bytes()[off..off + BLOCK]);
                         d
                     });
                     if data.is_none() {

@@ -27,7 +27,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let dpb = st.dpb();
         let mut entries = Vec::with_capacity(o.len as usize);
         {
-            let mut buf = st.bufs[o.buf].borrow_mut();
+            let buf = st.bufs[o.buf].bytes();
             for j in 0..o.len as u64 {
                 let cb = o.slot * dpb + j;
                 let backing_block = st.index.backing_of(cb);
@@ -53,7 +53,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 header_crc: 0,
             };
             let hb = st.geo.header_bytes();
-            st.prev_header_crc = header.encode_into(&mut buf[..hb]);
+            st.prev_header_crc = header.encode_into(&mut st.bufs[o.buf].bytes_mut()[..hb]);
         }
         st.slot_len[o.slot as usize] = o.len;
         st.last_sealed = o.id;
@@ -66,7 +66,6 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }));
     }
 
-    #[allow(clippy::await_holding_refcell_ref)]
     async fn write_segment(
         self: Rc<Self>,
         id: u64,
@@ -79,13 +78,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let mut backoff = RETRY_BACKOFF_MIN_NS;
         let mut first_failure_ns = None;
         loop {
-            let b = self.st.borrow().bufs[buf].clone();
-            // The sealed buffer is only read (by reads that hit it) until this write completes;
-            // nothing borrows it mutably while it is sealed.
-            let r = {
-                let g = b.borrow();
-                self.cache.write(offset, &g[..len_bytes]).await
-            };
+            // This write's own reference: the sealed buffer stays allocated and read-only
+            // (reads that hit it copy out of it) until the write completes.
+            let b = self.st.borrow().bufs[buf].share();
+            let r = self.cache.write(offset, &b[..len_bytes]).await;
+            drop(b);
             if r.is_ok() {
                 break;
             }

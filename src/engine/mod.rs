@@ -19,6 +19,7 @@ mod invariants;
 mod log;
 mod read;
 pub mod replay;
+mod segment_buf;
 mod write;
 mod writeback;
 mod writeback_plan;
@@ -140,7 +141,7 @@ struct State {
     slot_readers: Vec<u32>,
     /// RAM buffer holding the slot's current segment, or `NO_BUF` once it is on the device.
     slot_buf: Vec<u32>,
-    bufs: Vec<Rc<RefCell<AlignedBuf>>>,
+    bufs: Vec<segment_buf::SegmentBuf>,
     free_bufs: Vec<usize>,
     open: Option<OpenSegment>,
     next_id: u64,

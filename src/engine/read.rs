@@ -50,7 +50,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let o = *o;
             let off = st.cb_buf_offset(cb);
             let src = ((block * spb - out_first_sector) as usize) * SECTOR;
-            st.bufs[o.buf].borrow_mut()[off..off + BLOCK].copy_from_slice(&out[src..src + BLOCK]);
+            st.bufs[o.buf].bytes_mut()[off..off + BLOCK].copy_from_slice(&out[src..src + BLOCK]);
             st.index.insert(block, cb, 0xff, 0);
             st.counters.staged_blocks += 1;
         }
@@ -107,7 +107,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         match st.cb_in_ram(cb) {
                             Some(b) => {
                                 let off = st.cb_buf_offset(cb);
-                                let buf = st.bufs[b].borrow();
+                                let buf = st.bufs[b].bytes();
                                 for (s, n) in runs(cached) {
                                     let o = ((out_block_start + s as i64) as usize) * SECTOR;
                                     let a = off + s as usize * SECTOR;

@@ -84,7 +84,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             if st.slot_of_cb(cb) == o.slot {
                 let off = st.cb_buf_offset(cb);
                 copy_sectors_in(
-                    &mut st.bufs[o.buf].borrow_mut()[off..off + BLOCK],
+                    &mut st.bufs[o.buf].bytes_mut()[off..off + BLOCK],
                     mask,
                     data,
                 );
@@ -123,31 +123,30 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let off = st.cb_buf_offset(cb);
         let mut valid = mask;
         let mut dirty = mask;
-        {
-            let mut buf = st.bufs[o.buf].borrow_mut();
-            let dst = &mut buf[off..off + BLOCK];
-            copy_sectors_in(dst, mask, data);
-            if let Some(old_cb) = old {
-                if need != 0 {
-                    let od = st.index.dirty(old_cb);
-                    match old_in_ram {
-                        Some(b) => {
-                            let ooff = st.cb_buf_offset(old_cb);
-                            if b == o.buf {
-                                unreachable!("open-buffer hits are handled above");
-                            }
-                            let src = st.bufs[b].borrow();
-                            copy_sectors_between(dst, &src[ooff..ooff + BLOCK], need);
-                        }
-                        None => {
-                            let (_, src) = old_copy.expect("old copy read");
-                            copy_sectors_between(dst, src, need);
-                        }
-                    }
-                    valid |= need;
-                    dirty |= need & od;
+        // The old copy's sectors this write keeps (`need`): from its sealed RAM buffer, or from
+        // the copy read from the cache.
+        let kept = match old {
+            Some(old_cb) if need != 0 => {
+                let in_ram = old_in_ram.map(|b| {
+                    assert_ne!(b, o.buf, "open-buffer hits are handled above");
+                    (st.bufs[b].share(), st.cb_buf_offset(old_cb))
+                });
+                Some((st.index.dirty(old_cb), in_ram))
+            }
+            _ => None,
+        };
+        let dst = &mut st.bufs[o.buf].bytes_mut()[off..off + BLOCK];
+        copy_sectors_in(dst, mask, data);
+        if let Some((od, in_ram)) = kept {
+            match in_ram {
+                Some((src, ooff)) => copy_sectors_between(dst, &src[ooff..ooff + BLOCK], need),
+                None => {
+                    let (_, src) = old_copy.expect("old copy read");
+                    copy_sectors_between(dst, src, need);
                 }
             }
+            valid |= need;
+            dirty |= need & od;
         }
         if let Some(old_cb) = old {
             if st.index.dirty(old_cb) != 0 {

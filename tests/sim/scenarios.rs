@@ -970,3 +970,60 @@ fn a_log_write_waits_for_an_in_flight_bypass_of_the_same_block() {
         rig.world.kill_all();
     }
 }
+
+/// Issue 16 (mutation durability_waiters_fail_while_segment_fails): while a segment write keeps
+/// failing, every FLUSH waiting for it fails at the next failed attempt, also one that began
+/// waiting after the third (the one that failed the first FLUSH). With the degraded state off
+/// (`degraded_error_threshold` 0) nothing else releases such a FLUSH: it would hang for as long
+/// as the cache fails.
+#[test]
+fn a_flush_that_waits_on_a_failing_segment_fails_and_never_hangs() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    for seed in 0..3 {
+        let mut rig = Rig::new(seed, 16, 16, 1);
+        let o = Options {
+            degraded_error_threshold: 0,
+            ..options()
+        };
+        let vol = rig.create(o).expect("create");
+        let log_start = vol.superblock().geometry.slot_offset_bytes(0);
+        rig.cache.st.borrow_mut().fail_writes = vec![AimedFault {
+            start: log_start,
+            end: u64::MAX,
+            count: u32::MAX,
+        }];
+        rig.write(&vol, 0, 8, false);
+        let flush = |rig: &mut Rig| {
+            let done = Rc::new(Cell::new(None));
+            let (v, d) = (vol.clone(), done.clone());
+            rig.world.spawn_task(async move {
+                d.set(Some(v.flush().await.is_ok()));
+            });
+            done
+        };
+        let first = flush(&mut rig);
+        assert!(
+            rig.wait_for(&first, 1_000_000_000) && first.get() == Some(false),
+            "seed {seed}: the first FLUSH over a failing segment write did not fail: {:?}",
+            first.get()
+        );
+        // The segment write has failed at least 3 times; a FLUSH that starts now waits for its
+        // next attempt (the backoff is at most 1 s).
+        let second = flush(&mut rig);
+        let released = rig.wait_for(&second, 3_000_000_000);
+        let attempts = rig.cache.st.borrow().aimed_write_errors;
+        rig.cache.st.borrow_mut().fail_writes.clear();
+        assert!(
+            released && second.get() == Some(false),
+            "seed {seed}: a FLUSH that began waiting after {attempts} failed segment writes was not failed by the next one within 3 s: {:?}",
+            second.get()
+        );
+        // Once the cache works again, the segment is written and a FLUSH succeeds.
+        rig.flush(&vol);
+        rig.verify(&vol, false)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        rig.drain_and_check_backing(&vol)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+}

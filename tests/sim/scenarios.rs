@@ -175,6 +175,16 @@ impl Rig {
         self.model.end_flush(t);
     }
 
+    /// Starts a FLUSH without waiting for it: the cell is set to its outcome (true: succeeded).
+    fn spawn_flush(&mut self, vol: &Vol) -> std::rc::Rc<std::cell::Cell<Option<bool>>> {
+        let done = std::rc::Rc::new(std::cell::Cell::new(None));
+        let (v, d) = (vol.clone(), done.clone());
+        self.world.spawn_task(async move {
+            d.set(Some(v.flush().await.is_ok()));
+        });
+        done
+    }
+
     /// Lets the daemons run for `ns` of virtual time.
     fn idle(&mut self, ns: u64) {
         let w = self.world.clone();
@@ -803,11 +813,7 @@ fn a_slot_is_reused_only_after_the_record_says_its_segment_was_written_back() {
         let (st, nr_segments) = (vol.status(), vol.superblock().geometry.nr_segments);
         // A FLUSH makes whatever the log holds durable (it may wait for the blocked write).
         let t = rig.model.begin_flush();
-        let done = Rc::new(Cell::new(None));
-        let (v, d) = (vol.clone(), done.clone());
-        rig.world.spawn_task(async move {
-            d.set(Some(v.flush().await.is_ok()));
-        });
+        let done = rig.spawn_flush(&vol);
         if rig.wait_for(&done, 200_000_000) && done.get() == Some(true) {
             rig.model.end_flush(t);
         }
@@ -978,8 +984,6 @@ fn a_log_write_waits_for_an_in_flight_bypass_of_the_same_block() {
 /// as the cache fails.
 #[test]
 fn a_flush_that_waits_on_a_failing_segment_fails_and_never_hangs() {
-    use std::cell::Cell;
-    use std::rc::Rc;
     for seed in 0..3 {
         let mut rig = Rig::new(seed, 16, 16, 1);
         let o = Options {
@@ -994,15 +998,7 @@ fn a_flush_that_waits_on_a_failing_segment_fails_and_never_hangs() {
             count: u32::MAX,
         }];
         rig.write(&vol, 0, 8, false);
-        let flush = |rig: &mut Rig| {
-            let done = Rc::new(Cell::new(None));
-            let (v, d) = (vol.clone(), done.clone());
-            rig.world.spawn_task(async move {
-                d.set(Some(v.flush().await.is_ok()));
-            });
-            done
-        };
-        let first = flush(&mut rig);
+        let first = rig.spawn_flush(&vol);
         assert!(
             rig.wait_for(&first, 1_000_000_000) && first.get() == Some(false),
             "seed {seed}: the first FLUSH over a failing segment write did not fail: {:?}",
@@ -1010,7 +1006,7 @@ fn a_flush_that_waits_on_a_failing_segment_fails_and_never_hangs() {
         );
         // The segment write has failed at least 3 times; a FLUSH that starts now waits for its
         // next attempt (the backoff is at most 1 s).
-        let second = flush(&mut rig);
+        let second = rig.spawn_flush(&vol);
         let released = rig.wait_for(&second, 3_000_000_000);
         let attempts = rig.cache.st.borrow().aimed_write_errors;
         rig.cache.st.borrow_mut().fail_writes.clear();

@@ -18,7 +18,7 @@ mod executor;
 use std::rc::Rc;
 use std::time::Instant;
 use writeboost::device::mem::MemDevice;
-use writeboost::device::{BlockDevice, DeviceError, DeviceInfo};
+use writeboost::device::{BlockDevice, DeviceError, DeviceInfo, IoBuf, IoBufMut, IoResult};
 use writeboost::engine::{CreateOptions, Volume};
 use writeboost::runtime::LocalRuntime;
 
@@ -29,10 +29,10 @@ impl BlockDevice for Mem {
     fn info(&self) -> DeviceInfo {
         self.0.info()
     }
-    async fn read(&self, o: u64, b: &mut [u8]) -> Result<(), DeviceError> {
+    async fn read<B: IoBufMut>(&self, o: u64, b: B) -> IoResult<B> {
         self.0.read(o, b).await
     }
-    async fn write(&self, o: u64, b: &[u8]) -> Result<(), DeviceError> {
+    async fn write<B: IoBuf>(&self, o: u64, b: B) -> IoResult<B> {
         self.0.write(o, b).await
     }
     async fn flush(&self) -> Result<(), DeviceError> {

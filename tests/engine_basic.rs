@@ -2,7 +2,7 @@
 
 use std::rc::Rc;
 use writeboost::device::mem::MemDevice;
-use writeboost::device::BlockDevice;
+use writeboost::device::{BlockDevice, IoBuf, IoBufMut, IoResult};
 use writeboost::engine::stats::stat_index;
 use writeboost::engine::{CreateError, CreateOptions, Startup, Volume};
 use writeboost::runtime::LocalRuntime;
@@ -12,10 +12,10 @@ impl BlockDevice for Shared {
     fn info(&self) -> writeboost::device::DeviceInfo {
         self.0.info()
     }
-    async fn read(&self, o: u64, b: &mut [u8]) -> Result<(), writeboost::device::DeviceError> {
+    async fn read<B: IoBufMut>(&self, o: u64, b: B) -> IoResult<B> {
         self.0.read(o, b).await
     }
-    async fn write(&self, o: u64, b: &[u8]) -> Result<(), writeboost::device::DeviceError> {
+    async fn write<B: IoBuf>(&self, o: u64, b: B) -> IoResult<B> {
         self.0.write(o, b).await
     }
     async fn flush(&self) -> Result<(), writeboost::device::DeviceError> {
@@ -356,10 +356,9 @@ fn create_refuses_garbage_wrong_backing_and_changed_geometry_without_writing() {
     let garbage = Rc::new(MemDevice::new("cache", 16 << 20));
     {
         let g = garbage.clone();
-        run(
-            &rt,
-            async move { g.write(0, &[0xeeu8; 4096]).await.unwrap() },
-        );
+        run(&rt, async move {
+            g.write(0, vec![0xeeu8; 4096]).await.1.unwrap()
+        });
     }
     let before = garbage.snapshot();
     let (g, bb, r) = (Shared(garbage.clone()), Shared(b.clone()), rt.clone());
@@ -667,17 +666,19 @@ impl BlockDevice for FailReads {
     fn info(&self) -> writeboost::device::DeviceInfo {
         self.dev.info()
     }
-    async fn read(&self, o: u64, b: &mut [u8]) -> Result<(), writeboost::device::DeviceError> {
-        if o < self.bad.end && o + b.len() as u64 > self.bad.start {
-            return Err(writeboost::device::DeviceError::Io {
+    async fn read<B: IoBufMut>(&self, o: u64, b: B) -> IoResult<B> {
+        let len = b.bytes().len() as u64;
+        if o < self.bad.end && o + len > self.bad.start {
+            let e = writeboost::device::DeviceError::Io {
                 op: writeboost::device::DeviceOp::Read,
                 offset_bytes: o,
-                len_bytes: b.len() as u64,
-            });
+                len_bytes: len,
+            };
+            return (b, Err(e));
         }
         self.dev.read(o, b).await
     }
-    async fn write(&self, o: u64, b: &[u8]) -> Result<(), writeboost::device::DeviceError> {
+    async fn write<B: IoBuf>(&self, o: u64, b: B) -> IoResult<B> {
         self.dev.write(o, b).await
     }
     async fn flush(&self) -> Result<(), writeboost::device::DeviceError> {
@@ -755,16 +756,17 @@ impl BlockDevice for FailWrites {
     fn info(&self) -> writeboost::device::DeviceInfo {
         self.dev.info()
     }
-    async fn read(&self, o: u64, b: &mut [u8]) -> Result<(), writeboost::device::DeviceError> {
+    async fn read<B: IoBufMut>(&self, o: u64, b: B) -> IoResult<B> {
         self.dev.read(o, b).await
     }
-    async fn write(&self, o: u64, b: &[u8]) -> Result<(), writeboost::device::DeviceError> {
+    async fn write<B: IoBuf>(&self, o: u64, b: B) -> IoResult<B> {
         if self.fail.get() {
-            return Err(writeboost::device::DeviceError::Io {
+            let e = writeboost::device::DeviceError::Io {
                 op: writeboost::device::DeviceOp::Write,
                 offset_bytes: o,
-                len_bytes: b.len() as u64,
-            });
+                len_bytes: b.bytes().len() as u64,
+            };
+            return (b, Err(e));
         }
         self.dev.write(o, b).await
     }

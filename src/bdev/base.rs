@@ -7,7 +7,7 @@
 
 use super::exec::SpdkRt;
 use super::ffi::{cstring, guard, wb_notice, SpdkThread};
-use crate::device::{BlockDevice, DeviceError, DeviceInfo, DeviceOp};
+use crate::device::{BlockDevice, DeviceError, DeviceInfo, DeviceOp, IoBuf, IoBufMut, IoResult};
 use crate::runtime::Runtime;
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::ffi::{c_void, CStr};
@@ -246,36 +246,58 @@ unsafe fn device_info(bdev: *mut sys::spdk_bdev) -> DeviceInfo {
     }
 }
 
-/// One in-flight base operation. Lives in an `Rc` whose raw pointer is the callback argument.
-struct Slot {
+/// One in-flight base operation and the buffer it owns (`()` for flush and unmap). Lives in an
+/// `Rc` whose raw pointer is the callback argument: the bdev layer's reference keeps the buffer
+/// alive (and in place) until the I/O completes, even when the engine dropped the operation's
+/// future, so the device never reads or writes freed memory.
+struct Slot<B> {
     result: Cell<Option<bool>>,
     retry: Cell<bool>,
     waker: RefCell<Option<Waker>>,
     wait: UnsafeCell<sys::spdk_bdev_io_wait_entry>,
+    buf: RefCell<Option<B>>,
 }
 
-impl Slot {
+impl<B> Slot<B> {
+    fn new(buf: B) -> Rc<Slot<B>> {
+        Rc::new(Slot {
+            result: Cell::new(None),
+            retry: Cell::new(false),
+            waker: RefCell::new(None),
+            wait: UnsafeCell::new(sys::spdk_bdev_io_wait_entry::default()),
+            buf: RefCell::new(Some(buf)),
+        })
+    }
+
     fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
     }
+
+    /// The buffer back, once the operation completed (or was never submitted).
+    fn take_buf(&self) -> B {
+        self.buf
+            .borrow_mut()
+            .take()
+            .expect("an operation's buffer is taken back once")
+    }
 }
 
-unsafe extern "C" fn io_done(bdev_io: *mut sys::spdk_bdev_io, success: bool, arg: *mut c_void) {
-    // SAFETY: bdev_io is ours to free; arg is the Rc<Slot> leaked at submission (one reference
-    // per submission, reclaimed here exactly once).
+unsafe extern "C" fn io_done<B>(bdev_io: *mut sys::spdk_bdev_io, success: bool, arg: *mut c_void) {
+    // SAFETY: bdev_io is ours to free; arg is the Rc<Slot<B>> leaked at submission (one
+    // reference per submission, reclaimed here exactly once).
     let slot = unsafe {
         sys::spdk_bdev_free_io(bdev_io);
-        Rc::from_raw(arg as *const Slot)
+        Rc::from_raw(arg as *const Slot<B>)
     };
     slot.result.set(Some(success));
     slot.wake();
 }
 
-unsafe extern "C" fn io_wait_done(arg: *mut c_void) {
-    // SAFETY: arg is the Rc<Slot> leaked when queueing the wait entry, reclaimed once here.
-    let slot = unsafe { Rc::from_raw(arg as *const Slot) };
+unsafe extern "C" fn io_wait_done<B>(arg: *mut c_void) {
+    // SAFETY: arg is the Rc<Slot<B>> leaked when queueing the wait entry, reclaimed once here.
+    let slot = unsafe { Rc::from_raw(arg as *const Slot<B>) };
     slot.retry.set(true);
     slot.wake();
 }
@@ -324,9 +346,10 @@ impl SpdkDevice {
         })
     }
 
-    fn issue(&self, op: Op, offset: u64, len: u64, arg: *mut c_void) -> i32 {
-        // SAFETY: desc/ch are open and belong to this thread; buffers stay valid until the
-        // callback (the engine never drops an operation before it completes).
+    fn issue<B>(&self, op: Op, offset: u64, len: u64, arg: *mut c_void) -> i32 {
+        let io_done = Some(io_done::<B> as unsafe extern "C" fn(_, _, _));
+        // SAFETY: desc/ch are open and belong to this thread; a buffer lives in the operation's
+        // slot (arg), which the callback's reference keeps alive until the I/O completes.
         unsafe {
             match op {
                 Op::Read(p) => sys::spdk_bdev_read(
@@ -335,7 +358,7 @@ impl SpdkDevice {
                     p as *mut c_void,
                     offset,
                     len,
-                    Some(io_done),
+                    io_done,
                     arg,
                 ),
                 Op::Write(p) => sys::spdk_bdev_write(
@@ -344,25 +367,22 @@ impl SpdkDevice {
                     p as *mut c_void,
                     offset,
                     len,
-                    Some(io_done),
+                    io_done,
                     arg,
                 ),
-                Op::Flush => {
-                    sys::spdk_bdev_flush(self.desc, self.ch, offset, len, Some(io_done), arg)
-                }
-                Op::Unmap => {
-                    sys::spdk_bdev_unmap(self.desc, self.ch, offset, len, Some(io_done), arg)
-                }
+                Op::Flush => sys::spdk_bdev_flush(self.desc, self.ch, offset, len, io_done, arg),
+                Op::Unmap => sys::spdk_bdev_unmap(self.desc, self.ch, offset, len, io_done, arg),
             }
         }
     }
 
-    async fn run(
+    async fn run<B>(
         &self,
         op: Op,
         dop: DeviceOp,
         offset_bytes: u64,
         len_bytes: u64,
+        slot: &Rc<Slot<B>>,
     ) -> Result<(), DeviceError> {
         let err = DeviceError::Io {
             op: dop,
@@ -370,33 +390,30 @@ impl SpdkDevice {
             len_bytes,
         };
         self.inflight.set(self.inflight.get() + 1);
-        let r = self.run_inner(op, dop, offset_bytes, len_bytes, err).await;
+        let r = self
+            .run_inner(op, dop, offset_bytes, len_bytes, err, slot)
+            .await;
         self.inflight.set(self.inflight.get() - 1);
         r
     }
 
-    async fn run_inner(
+    async fn run_inner<B>(
         &self,
         op: Op,
         dop: DeviceOp,
         offset_bytes: u64,
         len_bytes: u64,
         err: DeviceError,
+        slot: &Rc<Slot<B>>,
     ) -> Result<(), DeviceError> {
-        let slot = Rc::new(Slot {
-            result: Cell::new(None),
-            retry: Cell::new(false),
-            waker: RefCell::new(None),
-            wait: UnsafeCell::new(sys::spdk_bdev_io_wait_entry::default()),
-        });
         loop {
             let arg = Rc::into_raw(slot.clone()) as *mut c_void;
-            let rc = self.issue(op, offset_bytes, len_bytes, arg);
+            let rc = self.issue::<B>(op, offset_bytes, len_bytes, arg);
             if rc == 0 {
                 break;
             }
             // SAFETY: the submission failed, so the callback will never reclaim arg.
-            drop(unsafe { Rc::from_raw(arg as *const Slot) });
+            drop(unsafe { Rc::from_raw(arg as *const Slot<B>) });
             if rc != -libc::ENOMEM {
                 return Err(match rc {
                     x if x == -libc::ENOTSUP => DeviceError::Unsupported { op: dop },
@@ -418,14 +435,14 @@ impl SpdkDevice {
             let rc = unsafe {
                 let e = &mut *slot.wait.get();
                 e.bdev = self.bdev;
-                e.cb_fn = Some(io_wait_done);
+                e.cb_fn = Some(io_wait_done::<B>);
                 e.cb_arg = arg;
                 e.dep_unblock = true;
                 sys::spdk_bdev_queue_io_wait(self.bdev, self.ch, e)
             };
             if rc != 0 {
                 // SAFETY: not queued, so io_wait_done will never reclaim arg.
-                drop(unsafe { Rc::from_raw(arg as *const Slot) });
+                drop(unsafe { Rc::from_raw(arg as *const Slot<B>) });
                 self.rt.sleep(100_000).await;
                 continue;
             }
@@ -481,23 +498,42 @@ impl BlockDevice for SpdkDevice {
         self.info.clone()
     }
 
-    async fn read(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
-        let len = buf.len() as u64;
-        self.check(DeviceOp::Read, offset_bytes, len)?;
-        self.run(
-            Op::Read(buf.as_mut_ptr()),
-            DeviceOp::Read,
-            offset_bytes,
-            len,
-        )
-        .await
+    async fn read<B: IoBufMut>(&self, offset_bytes: u64, buf: B) -> IoResult<B> {
+        let len = buf.bytes().len() as u64;
+        if let Err(e) = self.check(DeviceOp::Read, offset_bytes, len) {
+            return (buf, Err(e));
+        }
+        // The buffer moves into the slot first: the pointer the device gets stays valid for
+        // as long as the slot holds it, which is until the completion.
+        let slot = Slot::new(buf);
+        let p = slot
+            .buf
+            .borrow_mut()
+            .as_mut()
+            .map(|b| b.bytes_mut().as_mut_ptr())
+            .expect("in the slot");
+        let r = self
+            .run(Op::Read(p), DeviceOp::Read, offset_bytes, len, &slot)
+            .await;
+        (slot.take_buf(), r)
     }
 
-    async fn write(&self, offset_bytes: u64, buf: &[u8]) -> Result<(), DeviceError> {
-        let len = buf.len() as u64;
-        self.check(DeviceOp::Write, offset_bytes, len)?;
-        self.run(Op::Write(buf.as_ptr()), DeviceOp::Write, offset_bytes, len)
-            .await
+    async fn write<B: IoBuf>(&self, offset_bytes: u64, buf: B) -> IoResult<B> {
+        let len = buf.bytes().len() as u64;
+        if let Err(e) = self.check(DeviceOp::Write, offset_bytes, len) {
+            return (buf, Err(e));
+        }
+        let slot = Slot::new(buf);
+        let p = slot
+            .buf
+            .borrow()
+            .as_ref()
+            .map(|b| b.bytes().as_ptr())
+            .expect("in the slot");
+        let r = self
+            .run(Op::Write(p), DeviceOp::Write, offset_bytes, len, &slot)
+            .await;
+        (slot.take_buf(), r)
     }
 
     async fn flush(&self) -> Result<(), DeviceError> {
@@ -505,7 +541,8 @@ impl BlockDevice for SpdkDevice {
             // No FLUSH support means no volatile write cache to flush.
             return Ok(());
         }
-        self.run(Op::Flush, DeviceOp::Flush, 0, self.info.size_bytes)
+        let slot = Slot::new(());
+        self.run(Op::Flush, DeviceOp::Flush, 0, self.info.size_bytes, &slot)
             .await
     }
 
@@ -516,7 +553,8 @@ impl BlockDevice for SpdkDevice {
                 op: DeviceOp::Discard,
             });
         }
-        self.run(Op::Unmap, DeviceOp::Discard, offset_bytes, len_bytes)
+        let slot = Slot::new(());
+        self.run(Op::Unmap, DeviceOp::Discard, offset_bytes, len_bytes, &slot)
             .await
     }
 }

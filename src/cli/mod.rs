@@ -435,9 +435,9 @@ impl Cache {
     }
 
     fn read(&self, offset_bytes: u64, len_bytes: usize) -> Result<AlignedBuf, CliError> {
-        let mut b = AlignedBuf::zeroed(len_bytes);
-        futures::executor::block_on(self.dev.read(offset_bytes, &mut b))
-            .map_err(|e| self.device_error(e))?;
+        let (b, r) =
+            futures::executor::block_on(self.dev.read(offset_bytes, AlignedBuf::zeroed(len_bytes)));
+        r.map_err(|e| self.device_error(e))?;
         Ok(b)
     }
 

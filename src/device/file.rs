@@ -37,17 +37,8 @@ impl FileDevice {
     }
 }
 
-impl BlockDevice for FileDevice {
-    fn info(&self) -> DeviceInfo {
-        DeviceInfo {
-            name: self.name.clone(),
-            size_bytes: self.size_bytes,
-            block_size_bytes: 512,
-            uuid: None,
-        }
-    }
-
-    async fn read(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+impl FileDevice {
+    fn read_into(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         check_range(
             DeviceOp::Read,
             self.size_bytes,
@@ -60,7 +51,7 @@ impl BlockDevice for FileDevice {
             .map_err(|_| Self::io_err(DeviceOp::Read, offset_bytes, len))
     }
 
-    async fn write(&self, offset_bytes: u64, buf: &[u8]) -> Result<(), DeviceError> {
+    fn write_from(&self, offset_bytes: u64, buf: &[u8]) -> Result<(), DeviceError> {
         check_range(
             DeviceOp::Write,
             self.size_bytes,
@@ -70,6 +61,27 @@ impl BlockDevice for FileDevice {
         self.file
             .write_all_at(buf, offset_bytes)
             .map_err(|_| Self::io_err(DeviceOp::Write, offset_bytes, buf.len()))
+    }
+}
+
+impl BlockDevice for FileDevice {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            name: self.name.clone(),
+            size_bytes: self.size_bytes,
+            block_size_bytes: 512,
+            uuid: None,
+        }
+    }
+
+    async fn read<B: IoBufMut>(&self, offset_bytes: u64, mut buf: B) -> IoResult<B> {
+        let r = self.read_into(offset_bytes, buf.bytes_mut());
+        (buf, r)
+    }
+
+    async fn write<B: IoBuf>(&self, offset_bytes: u64, buf: B) -> IoResult<B> {
+        let r = self.write_from(offset_bytes, buf.bytes());
+        (buf, r)
     }
 
     async fn flush(&self) -> Result<(), DeviceError> {

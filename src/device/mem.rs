@@ -42,17 +42,8 @@ impl MemDevice {
     }
 }
 
-impl BlockDevice for MemDevice {
-    fn info(&self) -> DeviceInfo {
-        DeviceInfo {
-            name: self.name.clone(),
-            size_bytes: self.data.borrow().len() as u64,
-            block_size_bytes: 512,
-            uuid: self.uuid,
-        }
-    }
-
-    async fn read(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+impl MemDevice {
+    fn read_into(&self, offset_bytes: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         let d = self.data.borrow();
         check_range(
             DeviceOp::Read,
@@ -67,7 +58,7 @@ impl BlockDevice for MemDevice {
         Ok(())
     }
 
-    async fn write(&self, offset_bytes: u64, buf: &[u8]) -> Result<(), DeviceError> {
+    fn write_from(&self, offset_bytes: u64, buf: &[u8]) -> Result<(), DeviceError> {
         let mut d = self.data.borrow_mut();
         check_range(
             DeviceOp::Write,
@@ -80,6 +71,27 @@ impl BlockDevice for MemDevice {
         self.bytes_written
             .set(self.bytes_written.get() + buf.len() as u64);
         Ok(())
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            name: self.name.clone(),
+            size_bytes: self.data.borrow().len() as u64,
+            block_size_bytes: 512,
+            uuid: self.uuid,
+        }
+    }
+
+    async fn read<B: IoBufMut>(&self, offset_bytes: u64, mut buf: B) -> IoResult<B> {
+        let r = self.read_into(offset_bytes, buf.bytes_mut());
+        (buf, r)
+    }
+
+    async fn write<B: IoBuf>(&self, offset_bytes: u64, buf: B) -> IoResult<B> {
+        let r = self.write_from(offset_bytes, buf.bytes());
+        (buf, r)
     }
 
     async fn flush(&self) -> Result<(), DeviceError> {

@@ -57,19 +57,70 @@ impl std::fmt::Display for DeviceOp {
     }
 }
 
-/// An asynchronous block device. Buffers are borrowed for the duration of the operation; the
-/// engine never drops an operation's future before it completes.
+/// A buffer that a device operation owns until it completes: [`BlockDevice::read`] and
+/// [`BlockDevice::write`] take it by value and hand it back with the result. A device whose
+/// hardware reads or writes the memory after the call returns (DMA: the SPDK glue) keeps the
+/// buffer alive until the hardware is done, so an operation's future dropped early can never
+/// leave a device writing into, or reading from, freed memory.
+pub trait IoBuf: 'static {
+    fn bytes(&self) -> &[u8];
+}
+
+/// An [`IoBuf`] a device may read into.
+pub trait IoBufMut: IoBuf {
+    fn bytes_mut(&mut self) -> &mut [u8];
+}
+
+impl IoBuf for AlignedBuf {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl IoBufMut for AlignedBuf {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+impl IoBuf for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl IoBufMut for Vec<u8> {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+/// `len` bytes of a shared buffer from `start` (a sealed segment's image, which its segment
+/// write shares with the RAM buffer it stays in; a range of a writeback read buffer).
+#[derive(Clone)]
+pub struct SharedSlice {
+    pub buf: std::rc::Rc<AlignedBuf>,
+    pub start: usize,
+    pub len: usize,
+}
+
+impl IoBuf for SharedSlice {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// What a read or write gives back: the caller's buffer and the outcome.
+pub type IoResult<B> = (B, Result<(), DeviceError>);
+
+/// An asynchronous block device. Reads and writes own their buffer until they complete (see
+/// [`IoBuf`]).
 #[allow(async_fn_in_trait)]
 pub trait BlockDevice {
     fn info(&self) -> DeviceInfo;
-    fn read(
-        &self,
-        offset_bytes: u64,
-        buf: &mut [u8],
-    ) -> impl Future<Output = Result<(), DeviceError>>;
+    fn read<B: IoBufMut>(&self, offset_bytes: u64, buf: B) -> impl Future<Output = IoResult<B>>;
     /// A write is volatile until a later `flush` completes.
-    fn write(&self, offset_bytes: u64, buf: &[u8])
-        -> impl Future<Output = Result<(), DeviceError>>;
+    fn write<B: IoBuf>(&self, offset_bytes: u64, buf: B) -> impl Future<Output = IoResult<B>>;
     /// Makes every write completed before this call durable.
     fn flush(&self) -> impl Future<Output = Result<(), DeviceError>>;
     /// Contents of the range become undefined.
@@ -78,6 +129,29 @@ pub trait BlockDevice {
         offset_bytes: u64,
         len_bytes: u64,
     ) -> impl Future<Output = Result<(), DeviceError>>;
+}
+
+/// A shared device is the device (tests and benchmarks keep a handle to inspect it).
+impl<T: BlockDevice> BlockDevice for std::rc::Rc<T> {
+    fn info(&self) -> DeviceInfo {
+        (**self).info()
+    }
+    fn read<B: IoBufMut>(&self, offset_bytes: u64, buf: B) -> impl Future<Output = IoResult<B>> {
+        (**self).read(offset_bytes, buf)
+    }
+    fn write<B: IoBuf>(&self, offset_bytes: u64, buf: B) -> impl Future<Output = IoResult<B>> {
+        (**self).write(offset_bytes, buf)
+    }
+    fn flush(&self) -> impl Future<Output = Result<(), DeviceError>> {
+        (**self).flush()
+    }
+    fn discard(
+        &self,
+        offset_bytes: u64,
+        len_bytes: u64,
+    ) -> impl Future<Output = Result<(), DeviceError>> {
+        (**self).discard(offset_bytes, len_bytes)
+    }
 }
 
 pub(crate) fn check_range(
@@ -218,6 +292,13 @@ impl AlignedBuf {
             Some(s)
         });
         AlignedBuf::from_storage(reused.unwrap_or_else(|| Self::new_storage(len)), len)
+    }
+
+    /// A buffer holding a copy of `bytes`.
+    pub fn copy_of(bytes: &[u8]) -> AlignedBuf {
+        let mut b = AlignedBuf::for_overwrite(bytes.len());
+        b.copy_from_slice(bytes);
+        b
     }
 
     pub fn len(&self) -> usize {

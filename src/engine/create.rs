@@ -60,15 +60,18 @@ async fn format_cache_with<D: BlockDevice>(
     // Crash-atomic: the old superblock goes first, so an interrupted or failed format leaves
     // either the old cache intact or one that reads as all-zero (formatted anew at the next
     // create), never the old superblock over wiped records (a log that reads as damaged).
-    cache.write(0, &zero).await.map_err(dev)?;
+    let (mut zero, r) = cache.write(0, zero).await;
+    r.map_err(dev)?;
     cache.flush().await.map_err(dev)?;
     for off in RECORD_OFFSETS_BYTES {
-        cache.write(off, &zero).await.map_err(dev)?;
+        let r;
+        (zero, r) = cache.write(off, zero).await;
+        r.map_err(dev)?;
     }
     cache.flush().await.map_err(dev)?;
     let mut b = AlignedBuf::zeroed(BLOCK);
     b.copy_from_slice(&sb.encode());
-    cache.write(0, &b).await.map_err(dev)?;
+    cache.write(0, b).await.1.map_err(dev)?;
     cache.flush().await.map_err(dev)?;
     Ok(sb)
 }
@@ -372,10 +375,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             st.geo.header_bytes()
         };
         // A valid header newer than the head must never join a later log: wipe it.
-        let zero = AlignedBuf::zeroed(hb);
+        let mut zero = AlignedBuf::zeroed(hb);
         for &slot in &scan.stale_slots {
             let off = inner.st.borrow().geo.slot_offset_bytes(slot);
-            inner.cache.write(off, &zero).await?;
+            let r;
+            (zero, r) = inner.cache.write(off, zero).await;
+            r?;
         }
         // Segments the scan verified by reading may sit in a volatile cache: make them durable.
         inner.cache.flush().await?;

@@ -53,9 +53,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 r.last_writeback_id,
             )
         };
-        let mut buf = AlignedBuf::zeroed(enc.len());
-        buf.copy_from_slice(&enc);
-        let r = match self.cache.write(off, &buf).await {
+        let r = match self.cache.write(off, AlignedBuf::copy_of(&enc)).await.1 {
             Ok(()) => self.cache.flush().await,
             Err(e) => Err(e),
         };

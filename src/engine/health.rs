@@ -324,8 +324,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 continue;
             }
             let off = self.st.borrow().cb_device_offset(it.cb);
-            let mut b = AlignedBuf::for_overwrite(BLOCK);
-            let r = self.cache.read(off, &mut b).await;
+            let (b, r) = self.cache.read(off, AlignedBuf::for_overwrite(BLOCK)).await;
             let mut st = self.st.borrow_mut();
             st.slot_readers[it.slot as usize] -= 1;
             match r {
@@ -343,7 +342,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 let a = s as usize * SECTOR;
                 let len = n as usize * SECTOR;
                 let off = it.block * BLOCK as u64 + a as u64;
-                if let Err(e) = self.backing.write(off, &d[a..a + len]).await {
+                let run = AlignedBuf::copy_of(&d[a..a + len]);
+                if let (_, Err(e)) = self.backing.write(off, run).await {
                     self.st
                         .borrow_mut()
                         .counters

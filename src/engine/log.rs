@@ -80,8 +80,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         loop {
             // This write's own reference: the sealed buffer stays allocated and read-only
             // (reads that hit it copy out of it) until the write completes.
-            let b = self.st.borrow().bufs[buf].share();
-            let r = self.cache.write(offset, &b[..len_bytes]).await;
+            let b = SharedSlice {
+                buf: self.st.borrow().bufs[buf].share(),
+                start: 0,
+                len: len_bytes,
+            };
+            let (b, r) = self.cache.write(offset, b).await;
             drop(b);
             if r.is_ok() {
                 break;

@@ -30,7 +30,7 @@ pub use error::{Base, CreateError, IoError};
 pub use replay::{read_superblock, scan_log, LogDamage, LogScan, ScannedSegment};
 pub use stats::Counters;
 
-use crate::device::{AlignedBuf, BlockDevice, DeviceInfo};
+use crate::device::{AlignedBuf, BlockDevice, DeviceInfo, SharedSlice};
 use crate::format::{Geometry, Superblock, SECTORS_PER_BLOCK, SECTOR_SIZE_BYTES};
 use crate::runtime::Runtime;
 use index::Index;

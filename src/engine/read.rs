@@ -186,29 +186,16 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if has_backing {
             self.backing_fg_begin();
         }
-        // One piece covering the whole request (the common case) is read straight into it;
-        // otherwise every piece goes to its own buffer, all at once, and is copied in after.
-        let direct = pieces.len() == 1
-            && pieces[0].out_offset_bytes == 0
-            && pieces[0].len_bytes == out.len();
-        let results: Vec<(Option<AlignedBuf>, Result<(), crate::device::DeviceError>)> = if direct {
-            let p = &pieces[0];
-            let r = match p.base {
-                Base::Cache => self.cache.read(p.device_offset_bytes, out).await,
-                Base::Backing => self.backing.read(p.device_offset_bytes, out).await,
-            };
-            vec![(None, r)]
-        } else {
-            let reads = pieces.iter().map(|p| async move {
-                let mut buf = AlignedBuf::for_overwrite(p.len_bytes);
-                let r = match p.base {
-                    Base::Cache => self.cache.read(p.device_offset_bytes, &mut buf).await,
-                    Base::Backing => self.backing.read(p.device_offset_bytes, &mut buf).await,
-                };
-                (Some(buf), r)
-            });
-            futures::future::join_all(reads).await
-        };
+        // Every piece is read into a buffer of its own (the device owns it until the read
+        // completes), all at once, and copied in after.
+        let reads = pieces.iter().map(|p| async move {
+            let buf = AlignedBuf::for_overwrite(p.len_bytes);
+            match p.base {
+                Base::Cache => self.cache.read(p.device_offset_bytes, buf).await,
+                Base::Backing => self.backing.read(p.device_offset_bytes, buf).await,
+            }
+        });
+        let results = futures::future::join_all(reads).await;
         if has_backing {
             self.backing_fg_end();
         }
@@ -231,9 +218,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         continue;
                     }
                 }
-                if let Some(buf) = buf {
-                    out[p.out_offset_bytes..p.out_offset_bytes + p.len_bytes].copy_from_slice(&buf);
-                }
+                out[p.out_offset_bytes..p.out_offset_bytes + p.len_bytes].copy_from_slice(&buf);
             }
         }
         self.notify();

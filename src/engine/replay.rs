@@ -109,9 +109,8 @@ pub(super) async fn read_at<D: BlockDevice>(
     off: u64,
     len: usize,
 ) -> Result<AlignedBuf, DeviceError> {
-    let mut b = AlignedBuf::for_overwrite(len);
-    dev.read(off, &mut b).await?;
-    Ok(b)
+    let (b, r) = dev.read(off, AlignedBuf::for_overwrite(len)).await;
+    r.map(|()| b)
 }
 
 /// `read_at`, tried `SCAN_READ_ATTEMPTS` times (a transient error must not hide a segment).

@@ -167,8 +167,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             st.slot_readers[slot as usize] += 1;
             (st.cb_device_offset(cb), slot)
         };
-        let mut buf = AlignedBuf::for_overwrite(BLOCK);
-        let r = self.cache.read(off, &mut buf).await;
+        let (buf, r) = self.cache.read(off, AlignedBuf::for_overwrite(BLOCK)).await;
         let mut st = self.st.borrow_mut();
         st.slot_readers[slot as usize] -= 1;
         st.counters.bytes_cache_read += BLOCK as u64;
@@ -296,9 +295,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         fua: bool,
     ) -> Result<(), IoError> {
         self.backing_fg_begin();
-        let r = self
+        // The device owns what it writes until it completes: a copy of the caller's bytes.
+        let (_, r) = self
             .backing
-            .write(offset_sectors * SECTOR_SIZE_BYTES as u64, data)
+            .write(
+                offset_sectors * SECTOR_SIZE_BYTES as u64,
+                AlignedBuf::copy_of(data),
+            )
             .await;
         self.backing_fg_end();
         {

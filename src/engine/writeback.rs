@@ -18,22 +18,12 @@ const SUBMIT_BURST_BYTES: usize = 128 << 10;
 const BACKOFF_MIN_NS: u64 = 1_000_000;
 const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 
-/// The bytes of one backing write.
-enum WriteSource {
-    Owned(AlignedBuf),
-    Slice {
-        buf: usize,
-        start: usize,
-        len: usize,
-    },
-}
-
-impl WriteSource {
-    fn bytes<'a>(&'a self, bufs: &'a [AlignedBuf]) -> &'a [u8] {
-        match self {
-            WriteSource::Owned(b) => b,
-            WriteSource::Slice { buf, start, len } => &bufs[*buf][*start..*start + *len],
-        }
+/// The bytes of one backing write: a range of a segment read buffer, or a gathered run.
+fn shared_slice(buf: &Rc<AlignedBuf>, start: usize, len: usize) -> SharedSlice {
+    SharedSlice {
+        buf: Rc::clone(buf),
+        start,
+        len,
     }
 }
 
@@ -92,8 +82,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         paced(
             ranges.iter().enumerate().map(|(k, &(off, len))| {
                 (len, async move {
-                    let mut b = AlignedBuf::for_overwrite(len);
-                    let r = self.cache.read(off, &mut b).await;
+                    let (b, r) = self.cache.read(off, AlignedBuf::for_overwrite(len)).await;
                     (k, b, r)
                 })
             }),
@@ -341,7 +330,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 continue;
             }
             self.st.borrow_mut().counters.bytes_cache_read += b.len() as u64;
-            bufs.push(b);
+            bufs.push(Rc::new(b));
         }
         if let Some(e) = first_err {
             return Err(IoError::cache(e));
@@ -354,18 +343,14 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         // Runs of several full blocks are gathered into one buffer; single blocks and sector runs
         // are written straight from the segment read buffers.
-        let writes: Vec<(u64, WriteSource)> = coalesce(&items)
+        let writes: Vec<(u64, SharedSlice)> = coalesce(&items)
             .into_iter()
             .map(|w| match w {
                 PlannedWrite::Blocks { first, count: 1 } => {
                     let it = &items[first];
                     (
                         it.block * BLOCK as u64,
-                        WriteSource::Slice {
-                            buf: it.buf,
-                            start: it.off,
-                            len: BLOCK,
-                        },
+                        shared_slice(&bufs[it.buf], it.off, BLOCK),
                     )
                 }
                 PlannedWrite::Blocks { first, count } => {
@@ -374,17 +359,21 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         data[k * BLOCK..(k + 1) * BLOCK]
                             .copy_from_slice(&bufs[it.buf][it.off..it.off + BLOCK]);
                     }
-                    (items[first].block * BLOCK as u64, WriteSource::Owned(data))
+                    let len = data.len();
+                    (
+                        items[first].block * BLOCK as u64,
+                        shared_slice(&Rc::new(data), 0, len),
+                    )
                 }
                 PlannedWrite::Sectors { item, first, nr } => {
                     let it = &items[item];
                     (
                         it.block * BLOCK as u64 + (first as usize * SECTOR) as u64,
-                        WriteSource::Slice {
-                            buf: it.buf,
-                            start: it.off + first as usize * SECTOR,
-                            len: nr as usize * SECTOR,
-                        },
+                        shared_slice(
+                            &bufs[it.buf],
+                            it.off + first as usize * SECTOR,
+                            nr as usize * SECTOR,
+                        ),
                     )
                 }
             })
@@ -393,14 +382,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         // A sliding window: a new write starts as soon as one completes, so one slow write
         // does not hold back the others.
         {
-            let bufs = &bufs;
             // Every write runs to completion even after an error.
             let mut first_err = None;
             paced(
                 writes.iter().map(|(off, src)| {
-                    let data = src.bytes(bufs);
-                    (data.len(), async move {
-                        (self.backing.write(*off, data).await, data.len() as u64)
+                    let len = src.len;
+                    (len, async move {
+                        (self.backing.write(*off, src.clone()).await.1, len as u64)
                     })
                 }),
                 QUEUE_DEPTH,

@@ -12,7 +12,9 @@ use crate::executor::World;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use writeboost::device::{BlockDevice, DeviceError, DeviceInfo, DeviceOp};
+use writeboost::device::{
+    BlockDevice, DeviceError, DeviceInfo, DeviceOp, IoBuf, IoBufMut, IoResult,
+};
 
 #[derive(Clone, Debug)]
 pub struct DiskConfig {
@@ -344,18 +346,8 @@ fn io_error(op: DeviceOp, off: u64, len: u64) -> DeviceError {
     }
 }
 
-impl BlockDevice for SimDisk {
-    fn info(&self) -> DeviceInfo {
-        let st = self.st.borrow();
-        DeviceInfo {
-            name: st.cfg.name.to_string(),
-            size_bytes: st.cfg.size_bytes,
-            block_size_bytes: 512,
-            uuid: None,
-        }
-    }
-
-    async fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+impl SimDisk {
+    async fn read_into(&self, off: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.range_ok(DeviceOp::Read, off, buf.len() as u64)?;
         self.trace(1, off, buf.len() as u64);
         let lat = self.latency_ns(off, buf.len() as u64);
@@ -377,7 +369,7 @@ impl BlockDevice for SimDisk {
         Ok(())
     }
 
-    async fn write(&self, off: u64, buf: &[u8]) -> Result<(), DeviceError> {
+    async fn write_from(&self, off: u64, buf: &[u8]) -> Result<(), DeviceError> {
         self.range_ok(DeviceOp::Write, off, buf.len() as u64)?;
         self.trace(
             3,
@@ -439,6 +431,28 @@ impl BlockDevice for SimDisk {
         st.bytes_written += data.len() as u64;
         st.unflushed.push((off, data));
         Ok(())
+    }
+}
+
+impl BlockDevice for SimDisk {
+    fn info(&self) -> DeviceInfo {
+        let st = self.st.borrow();
+        DeviceInfo {
+            name: st.cfg.name.to_string(),
+            size_bytes: st.cfg.size_bytes,
+            block_size_bytes: 512,
+            uuid: None,
+        }
+    }
+
+    async fn read<B: IoBufMut>(&self, off: u64, mut buf: B) -> IoResult<B> {
+        let r = self.read_into(off, buf.bytes_mut()).await;
+        (buf, r)
+    }
+
+    async fn write<B: IoBuf>(&self, off: u64, buf: B) -> IoResult<B> {
+        let r = self.write_from(off, buf.bytes()).await;
+        (buf, r)
     }
 
     async fn flush(&self) -> Result<(), DeviceError> {

@@ -251,61 +251,16 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             sb,
             opts: opts.options,
             index: Index::new(geo.nr_cache_blocks() as usize),
-            slot_id: vec![0; nr],
-            slot_len: vec![0; nr],
-            slot_readers: vec![0; nr],
-            slot_buf: vec![NO_BUF; nr],
-            bufs: (0..nr_bufs)
-                .map(|_| super::segment_buf::SegmentBuf::zeroed(geo.segment_size_bytes as usize))
-                .collect(),
-            free_bufs: (0..nr_bufs).rev().collect(),
-            open: None,
-            next_id: 1,
-            last_sealed: 0,
-            written_above: BTreeSet::new(),
-            last_written: 0,
-            last_durable: 0,
-            last_writeback: 0,
-            recorded_writeback: 0,
-            prev_header_crc: 0,
             nr_dirty: 0,
-            flush_wanted: 0,
-            flush_in_flight: false,
-            durability_error_gen: 0,
-            backing_writes_done: 0,
-            backing_flushed_through: 0,
-            backing_unflushed: HashMap::new(),
-            backing_unflushed_all_through: 0,
-            writeback_in_flight: false,
-            writeback_retry_at_ns: 0,
-            writeback_backoff_ns: 0,
-            nr_cur_batched_writeback: 0,
-            drop_caches_active: 0,
-            space_waiters: 0,
-            shutting_down: false,
-            forget_log_at_record: false,
+            log: super::log::LogState::new(nr, nr_bufs, geo.segment_size_bytes as usize),
+            durability: Default::default(),
+            wb: Default::default(),
+            load: super::daemons::BackingLoad::new(now),
+            staging: Default::default(),
+            cutoff: Default::default(),
+            record: super::daemons::RecordState::new(now),
             #[cfg(feature = "test-hooks")]
             hooks: Hooks::default(),
-            backing_fg_inflight: 0,
-            backing_busy_since_ns: now,
-            backing_busy_ns: 0,
-            util_sample_at_ns: now,
-            util_sample_busy_ns: 0,
-            backing_util_pct: 0,
-            staging: HashMap::new(),
-            staging_token: 0,
-            seq_next_block: u64::MAX,
-            seq_run_blocks: 0,
-            wseq_next_sector: u64::MAX,
-            wseq_run_sectors: 0,
-            wseq_bypassing: false,
-            shadowed: HashMap::new(),
-            bypass_inflight: HashMap::new(),
-            write_through_over_cached: 0,
-            record_seq: 0,
-            record_in_flight: false,
-            last_record_ns: now,
-            last_sync_ns: now,
             gate: Gate::default(),
             health: Default::default(),
             counters: Counters::default(),
@@ -333,10 +288,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             let mut nr_dirty = 0u64;
             for s in &scan.segments {
                 let id = s.header.id;
-                st.slot_id[s.slot as usize] = id;
+                st.log.slot_id[s.slot as usize] = id;
                 if id <= scan.last_writeback_id {
                     // Written back (clean); its slot may have been partly overwritten since.
-                    st.slot_len[s.slot as usize] = 0;
+                    st.log.slot_len[s.slot as usize] = 0;
                     continue;
                 }
                 for (j, e) in s.header.entries.iter().enumerate() {
@@ -356,22 +311,22 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                         nr_dirty += 1;
                     }
                 }
-                st.slot_len[s.slot as usize] = s.header.entries.len() as u32;
+                st.log.slot_len[s.slot as usize] = s.header.entries.len() as u32;
             }
             st.nr_dirty = nr_dirty;
             let head = scan.head_id;
-            st.next_id = head + 1;
-            st.last_sealed = head;
-            st.last_written = head;
-            st.last_durable = head;
-            st.last_writeback = scan.last_writeback_id;
-            st.recorded_writeback = scan.last_writeback_id;
-            st.prev_header_crc = scan
+            st.log.next_id = head + 1;
+            st.log.last_sealed = head;
+            st.log.last_written = head;
+            st.log.last_durable = head;
+            st.log.last_writeback = scan.last_writeback_id;
+            st.log.recorded_writeback = scan.last_writeback_id;
+            st.log.prev_header_crc = scan
                 .segments
                 .last()
                 .map(|s| s.header.header_crc)
                 .unwrap_or(0);
-            st.record_seq = scan.record.as_ref().map(|r| r.seq).unwrap_or(0);
+            st.record.record_seq = scan.record.as_ref().map(|r| r.seq).unwrap_or(0);
             st.geo.header_bytes()
         };
         // A valid header newer than the head must never join a later log: wipe it.

@@ -9,6 +9,52 @@ use crate::format::{
     Record, RECORD_FLAG_CLEAN_SHUTDOWN, RECORD_FLAG_SUPERSEDED_COPIES, RECORD_OFFSETS_BYTES,
 };
 
+/// Foreground load on the backing device (writeback runs below `writeback_threshold` %).
+pub(super) struct BackingLoad {
+    pub(super) backing_fg_inflight: u32,
+    pub(super) backing_busy_since_ns: u64,
+    pub(super) backing_busy_ns: u64,
+    pub(super) util_sample_at_ns: u64,
+    pub(super) util_sample_busy_ns: u64,
+    pub(super) backing_util_pct: u64,
+}
+
+impl BackingLoad {
+    pub(super) fn new(now_ns: u64) -> BackingLoad {
+        BackingLoad {
+            backing_fg_inflight: 0,
+            backing_busy_since_ns: now_ns,
+            backing_busy_ns: 0,
+            util_sample_at_ns: now_ns,
+            util_sample_busy_ns: 0,
+            backing_util_pct: 0,
+        }
+    }
+}
+
+/// The superblock record (its alternating copies) and the periodic sync.
+pub(super) struct RecordState {
+    pub(super) record_seq: u64,
+    pub(super) record_in_flight: bool,
+    pub(super) last_record_ns: u64,
+    pub(super) last_sync_ns: u64,
+    /// Set by a drained shutdown of a log with superseded copies: the clean record says every
+    /// allocated segment is written back (nothing of the log is replayed).
+    pub(super) forget_log_at_record: bool,
+}
+
+impl RecordState {
+    pub(super) fn new(now_ns: u64) -> RecordState {
+        RecordState {
+            record_seq: 0,
+            record_in_flight: false,
+            last_record_ns: now_ns,
+            last_sync_ns: now_ns,
+            forget_log_at_record: false,
+        }
+    }
+}
+
 const NS_PER_S: u64 = 1_000_000_000;
 const UTIL_SAMPLE_NS: u64 = 100_000_000;
 const DROP_CACHES_MAX_FAILURES: u32 = 8;
@@ -16,10 +62,10 @@ const DROP_CACHES_MAX_FAILURES: u32 = 8;
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// Writes the superblock record (copies alternate) and flushes. Record writes never overlap.
     pub(super) async fn write_record(self: &Rc<Self>, clean: bool) -> Result<(), IoError> {
-        self.wait_until(|st| !st.record_in_flight).await;
-        self.st.borrow_mut().record_in_flight = true;
+        self.wait_until(|st| !st.record.record_in_flight).await;
+        self.st.borrow_mut().record.record_in_flight = true;
         let r = self.write_record_inner(clean).await;
-        self.st.borrow_mut().record_in_flight = false;
+        self.st.borrow_mut().record.record_in_flight = false;
         self.notify();
         r
     }
@@ -27,28 +73,28 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     async fn write_record_inner(self: &Rc<Self>, clean: bool) -> Result<(), IoError> {
         let (off, enc, recorded) = {
             let mut st = self.st.borrow_mut();
-            st.record_seq += 1;
+            st.record.record_seq += 1;
             // A drained shutdown of a log with superseded copies forgets every allocated id.
             let newest_id = st.newest_id();
-            let (last_writeback_id, head_id) = if st.forget_log_at_record {
+            let (last_writeback_id, head_id) = if st.record.forget_log_at_record {
                 (newest_id, newest_id)
             } else {
-                (st.last_writeback, st.last_durable)
+                (st.log.last_writeback, st.log.last_durable)
             };
             let r = Record {
                 format_uuid: st.sb.format_uuid,
-                seq: st.record_seq,
+                seq: st.record.record_seq,
                 last_writeback_id,
                 head_id,
                 flags: if clean { RECORD_FLAG_CLEAN_SHUTDOWN } else { 0 }
-                    | if st.health.superseded_in_log && !st.forget_log_at_record {
+                    | if st.health.superseded_in_log && !st.record.forget_log_at_record {
                         RECORD_FLAG_SUPERSEDED_COPIES
                     } else {
                         0
                     },
             };
             (
-                RECORD_OFFSETS_BYTES[(st.record_seq % 2) as usize],
+                RECORD_OFFSETS_BYTES[(st.record.record_seq % 2) as usize],
                 r.encode(),
                 r.last_writeback_id,
             )
@@ -62,7 +108,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             return Err(IoError::cache(e));
         }
         let mut st = self.st.borrow_mut();
-        st.recorded_writeback = st.recorded_writeback.max(recorded);
+        st.log.recorded_writeback = st.log.recorded_writeback.max(recorded);
         Ok(())
     }
 }
@@ -78,18 +124,18 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         let now = self.inner.rt.now_ns();
         {
             let mut st = self.inner.st.borrow_mut();
-            let elapsed = now.saturating_sub(st.util_sample_at_ns);
+            let elapsed = now.saturating_sub(st.load.util_sample_at_ns);
             if elapsed >= UTIL_SAMPLE_NS {
-                let mut busy = st.backing_busy_ns;
-                if st.backing_fg_inflight > 0 {
-                    busy += now.saturating_sub(st.backing_busy_since_ns);
-                    st.backing_busy_ns = busy;
-                    st.backing_busy_since_ns = now;
+                let mut busy = st.load.backing_busy_ns;
+                if st.load.backing_fg_inflight > 0 {
+                    busy += now.saturating_sub(st.load.backing_busy_since_ns);
+                    st.load.backing_busy_ns = busy;
+                    st.load.backing_busy_since_ns = now;
                 }
-                let delta = busy - st.util_sample_busy_ns;
-                st.backing_util_pct = (delta * 100 / elapsed).min(100);
-                st.util_sample_busy_ns = busy;
-                st.util_sample_at_ns = now;
+                let delta = busy - st.load.util_sample_busy_ns;
+                st.load.backing_util_pct = (delta * 100 / elapsed).min(100);
+                st.load.util_sample_busy_ns = busy;
+                st.load.util_sample_at_ns = now;
             }
         }
         self.inner.maybe_start_writeback()
@@ -102,12 +148,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             let mut st = self.inner.st.borrow_mut();
             let interval = st.opts.update_sb_record_interval;
             if interval == 0
-                || st.record_in_flight
-                || now.saturating_sub(st.last_record_ns) < interval * NS_PER_S
+                || st.record.record_in_flight
+                || now.saturating_sub(st.record.last_record_ns) < interval * NS_PER_S
             {
                 return false;
             }
-            st.last_record_ns = now;
+            st.record.last_record_ns = now;
         }
         let inner = self.inner.clone();
         self.inner.rt.spawn(Box::pin(async move {
@@ -122,15 +168,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         let target = {
             let mut st = self.inner.st.borrow_mut();
             let interval = st.opts.sync_data_interval;
-            if interval == 0 || now.saturating_sub(st.last_sync_ns) < interval * NS_PER_S {
+            if interval == 0 || now.saturating_sub(st.record.last_sync_ns) < interval * NS_PER_S {
                 return false;
             }
-            st.last_sync_ns = now;
-            let target = match st.open {
+            st.record.last_sync_ns = now;
+            let target = match st.log.open {
                 Some(o) if o.len > 0 => o.id,
-                _ => st.last_sealed,
+                _ => st.log.last_sealed,
             };
-            if target <= st.last_durable {
+            if target <= st.log.last_durable {
                 return false;
             }
             target
@@ -154,9 +200,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     /// Seals the RAM buffer and writes back every dirty block; completes once none is left.
     pub async fn drop_caches(&self) -> Result<(), IoError> {
         let inner = &self.inner;
-        inner.st.borrow_mut().drop_caches_active += 1;
+        inner.st.borrow_mut().wb.drop_caches_active += 1;
         let r = self.drop_caches_inner().await;
-        inner.st.borrow_mut().drop_caches_active -= 1;
+        inner.st.borrow_mut().wb.drop_caches_active -= 1;
         r
     }
 
@@ -178,30 +224,30 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                 return Ok(());
             }
             inner
-                .wait_until(|st| !st.writeback_in_flight && st.write_through_over_cached == 0)
+                .wait_until(|st| !st.wb.writeback_in_flight && st.wb.write_through_over_cached == 0)
                 .await;
             {
                 // Dirty blocks with every segment written back: no batch can take them, and
                 // this loop would spin without yielding (a frozen reactor). A broken invariant.
                 let st = inner.st.borrow();
-                if st.nr_dirty > 0 && st.newest_id() <= st.last_writeback {
+                if st.nr_dirty > 0 && st.newest_id() <= st.log.last_writeback {
                     tracing::error!(
                         "writeboost: internal error: {} dirty blocks in written-back segments (last_writeback_id {}); drop_caches gives up",
                         st.nr_dirty,
-                        st.last_writeback
+                        st.log.last_writeback
                     );
                     return Err(IoError::DirtyInWrittenBackSegments {
                         nr_dirty_blocks: st.nr_dirty,
                     });
                 }
             }
-            inner.st.borrow_mut().writeback_in_flight = true;
+            inner.st.borrow_mut().wb.writeback_in_flight = true;
             if let Err(e) = inner.writeback_batch().await {
                 failures += 1;
                 if failures >= DROP_CACHES_MAX_FAILURES {
                     return Err(e);
                 }
-                let backoff = inner.st.borrow().writeback_backoff_ns;
+                let backoff = inner.st.borrow().wb.writeback_backoff_ns;
                 inner.rt.sleep(backoff).await;
             }
         }
@@ -216,14 +262,18 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     /// back. If the drain fails, the shutdown fails (the next create replays the log).
     pub async fn shutdown(&self) -> Result<(), IoError> {
         let inner = &self.inner;
-        inner.st.borrow_mut().shutting_down = true;
+        inner.st.borrow_mut().wb.shutting_down = true;
         let stale = inner.st.borrow().health.stale_copies_in_log;
         if stale {
             self.drop_caches().await?;
         }
         inner.flush_all().await?;
         inner
-            .wait_until(|st| !st.writeback_in_flight && !st.record_in_flight && !st.flush_in_flight)
+            .wait_until(|st| {
+                !st.wb.writeback_in_flight
+                    && !st.record.record_in_flight
+                    && !st.durability.flush_in_flight
+            })
             .await;
         if stale {
             let mut st = inner.st.borrow_mut();
@@ -234,7 +284,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             }
             // Nothing is dirty and the backing device is flushed: the log holds nothing a
             // replay needs, and everything up to the newest allocated id may be forgotten.
-            st.forget_log_at_record = true;
+            st.record.forget_log_at_record = true;
         }
         inner.write_record(true).await
     }

@@ -85,8 +85,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         );
         st.health.degraded = Some(reason);
         st.health.cache_errors.clear();
-        st.staging.clear();
-        st.durability_error_gen += 1;
+        st.staging.marks.clear();
+        st.durability.durability_error_gen += 1;
         st.counters.degraded_transitions += 1;
     }
 
@@ -146,8 +146,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         // Overlapping write-throughs, and writeback of the blocks, finish first: two backing
         // writes of one block in flight could land in either order.
         self.wait_until(|st| {
-            (first..last).all(|b| !st.bypass_inflight.contains_key(&b))
-                && (!st.writeback_in_flight || (first..last).all(|b| st.index.lookup(b).is_none()))
+            (first..last).all(|b| !st.cutoff.bypass_inflight.contains_key(&b))
+                && (!st.wb.writeback_in_flight
+                    || (first..last).all(|b| st.index.lookup(b).is_none()))
         })
         .await;
         // From here until the backing write ends, no writeback batch starts if a block has a
@@ -156,12 +157,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let over_cached = {
             let mut st = self.st.borrow_mut();
             let cached = (first..last).any(|b| st.index.lookup(b).is_some());
-            st.write_through_over_cached += cached as u32;
+            st.wb.write_through_over_cached += cached as u32;
             cached
         };
         let done_over_cached = |this: &Self| {
             if over_cached {
-                this.st.borrow_mut().write_through_over_cached -= 1;
+                this.st.borrow_mut().wb.write_through_over_cached -= 1;
             }
         };
         let widened = self.widen_over_dirty_edges(offset_sectors, data).await;
@@ -269,7 +270,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     async fn rescue_undurable_gated(self: &Rc<Self>) -> Result<(), IoError> {
-        self.wait_until(|st| st.bypass_inflight.is_empty() && !st.writeback_in_flight)
+        self.wait_until(|st| st.cutoff.bypass_inflight.is_empty() && !st.wb.writeback_in_flight)
             .await;
         struct Rescue {
             block: u64,
@@ -286,11 +287,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             self.seal(&mut st);
             let dpb = st.dpb();
             for slot in 0..st.geo.nr_segments {
-                let id = st.slot_id[slot as usize];
-                if id <= st.last_durable || id == 0 {
+                let id = st.log.slot_id[slot as usize];
+                if id <= st.log.last_durable || id == 0 {
                     continue;
                 }
-                for j in 0..st.slot_len[slot as usize] as u64 {
+                for j in 0..st.log.slot_len[slot as usize] as u64 {
                     let cb = slot * dpb + j;
                     let block = st.index.backing_of(cb);
                     if block == index::NO_BLOCK || st.index.dirty(cb) == 0 {
@@ -299,11 +300,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     let data = st.cb_in_ram(cb).map(|b| {
                         let off = st.cb_buf_offset(cb);
                         let mut d = AlignedBuf::for_overwrite(BLOCK);
-                        d.copy_from_slice(&st.bufs[b].bytes()[off..off + BLOCK]);
+                        d.copy_from_slice(&st.log.bufs[b].bytes()[off..off + BLOCK]);
                         d
                     });
                     if data.is_none() {
-                        st.slot_readers[slot as usize] += 1;
+                        st.log.slot_readers[slot as usize] += 1;
                     }
                     items.push(Rescue {
                         block,
@@ -326,7 +327,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let off = self.st.borrow().cb_device_offset(it.cb);
             let (b, r) = self.cache.read(off, AlignedBuf::for_overwrite(BLOCK)).await;
             let mut st = self.st.borrow_mut();
-            st.slot_readers[it.slot as usize] -= 1;
+            st.log.slot_readers[it.slot as usize] -= 1;
             match r {
                 Ok(()) => it.data = Some(b),
                 Err(e) => {

@@ -8,17 +8,20 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     pub fn check_invariants(&self) {
         let st = self.inner.st.borrow();
         assert!(
-            st.last_writeback <= st.last_durable,
+            st.log.last_writeback <= st.log.last_durable,
             "writeback ahead of durable"
         );
         assert!(
-            st.last_durable <= st.last_written,
+            st.log.last_durable <= st.log.last_written,
             "durable ahead of written"
         );
-        assert!(st.last_written <= st.last_sealed, "written ahead of sealed");
+        assert!(
+            st.log.last_written <= st.log.last_sealed,
+            "written ahead of sealed"
+        );
         let newest_id = st.newest_id();
         assert!(
-            newest_id - st.last_writeback <= st.geo.nr_segments,
+            newest_id - st.log.last_writeback <= st.geo.nr_segments,
             "log overran writeback"
         );
         let mut dirty = 0;
@@ -35,12 +38,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
             assert_eq!(st.index.dirty(cb) & !st.index.valid(cb), 0);
             if st.index.dirty(cb) != 0 {
                 dirty += 1;
-                let id = st.slot_id[st.slot_of_cb(cb) as usize];
+                let id = st.log.slot_id[st.slot_of_cb(cb) as usize];
                 assert!(
-                    id > st.last_writeback,
+                    id > st.log.last_writeback,
                     "dirty block {b} in written-back segment {id} (degraded: {}, bypass in flight: {})",
                     st.health.degraded.is_some(),
-                    st.bypass_inflight.contains_key(&b)
+                    st.cutoff.bypass_inflight.contains_key(&b)
                 );
             }
         }

@@ -6,6 +6,81 @@ use crate::engine::stats::ErrorKind;
 use crate::format::segment::data_block_crc;
 use crate::format::{Entry, SegmentHeader};
 
+/// The log: its slots on the cache device, the RAM segment buffers, the open segment and how
+/// far segments got (sealed, written, durable, written back, recorded written back).
+pub(super) struct LogState {
+    pub(super) slot_id: Vec<u64>,
+    pub(super) slot_len: Vec<u32>,
+    /// In-flight device reads of each slot (cache hits, writeback): a slot is not reused while > 0.
+    pub(super) slot_readers: Vec<u32>,
+    /// RAM buffer holding the slot's current segment, or `NO_BUF` once it is on the device.
+    pub(super) slot_buf: Vec<u32>,
+    pub(super) bufs: Vec<segment_buf::SegmentBuf>,
+    pub(super) free_bufs: Vec<usize>,
+    pub(super) open: Option<OpenSegment>,
+    pub(super) next_id: u64,
+    pub(super) last_sealed: u64,
+    /// Completed segment writes above `last_written` (completions may come out of order).
+    pub(super) written_above: BTreeSet<u64>,
+    pub(super) last_written: u64,
+    pub(super) last_durable: u64,
+    pub(super) last_writeback: u64,
+    /// `last_writeback` as durably recorded in the superblock record. A slot is reused only
+    /// once its previous segment is recorded written back, so replay never maps a segment whose
+    /// slot a newer, torn segment may have overwritten.
+    pub(super) recorded_writeback: u64,
+    pub(super) prev_header_crc: u32,
+}
+
+impl LogState {
+    pub(super) fn new(nr_slots: usize, nr_bufs: usize, segment_size_bytes: usize) -> LogState {
+        LogState {
+            slot_id: vec![0; nr_slots],
+            slot_len: vec![0; nr_slots],
+            slot_readers: vec![0; nr_slots],
+            slot_buf: vec![NO_BUF; nr_slots],
+            bufs: (0..nr_bufs)
+                .map(|_| segment_buf::SegmentBuf::zeroed(segment_size_bytes))
+                .collect(),
+            free_bufs: (0..nr_bufs).rev().collect(),
+            open: None,
+            next_id: 1,
+            last_sealed: 0,
+            written_above: BTreeSet::new(),
+            last_written: 0,
+            last_durable: 0,
+            last_writeback: 0,
+            recorded_writeback: 0,
+            prev_header_crc: 0,
+        }
+    }
+}
+
+/// FLUSH machinery: group commit of cache flushes, and which foreground writes to the backing
+/// device a backing flush covers.
+#[derive(Default)]
+pub(super) struct Durability {
+    pub(super) flush_wanted: u64,
+    pub(super) flush_in_flight: bool,
+    /// Bumped when durability failed; waiters that saw an older value fail.
+    pub(super) durability_error_gen: u64,
+    /// Foreground writes to the backing device completed so far (write-around).
+    pub(super) backing_writes_done: u64,
+    /// `backing_writes_done` as of the start of the last successful backing flush: every
+    /// write counted up to here is durable. A FLUSH that finds a backing flush in flight
+    /// cannot rely on it (it may fail, or have started before this FLUSH's writes).
+    pub(super) backing_flushed_through: u64,
+    /// Blocks written to the backing device by a foreground write (bypass, write-around) that no
+    /// backing flush covers yet, with the `backing_writes_done` count that covers them. Reads do
+    /// not stage such blocks: a staged copy could become durable on the cache while the write
+    /// it copies is still in the backing device's volatile cache, and outlive it after a power
+    /// cut (the old value would come back once the staged copy is evicted).
+    pub(super) backing_unflushed: HashMap<u64, u64>,
+    /// When `backing_unflushed` would grow past the cache's size it is dropped and no block is
+    /// staged until a backing flush covers this count.
+    pub(super) backing_unflushed_all_through: u64,
+}
+
 /// Failed attempts after which FLUSH/FUA waiting on a segment complete with an error.
 const SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR: u32 = 3;
 const RETRY_BACKOFF_MIN_NS: u64 = 1_000_000;
@@ -19,15 +94,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// Seals the open segment (if it holds any block) and starts its write. An empty open
     /// segment stays open: an empty FLUSH writes no empty segment.
     pub(super) fn seal(self: &Rc<Self>, st: &mut State) {
-        let Some(o) = st.open else { return };
+        let Some(o) = st.log.open else { return };
         if o.len == 0 {
             return;
         }
-        st.open = None;
+        st.log.open = None;
         let dpb = st.dpb();
         let mut entries = Vec::with_capacity(o.len as usize);
         {
-            let buf = st.bufs[o.buf].bytes();
+            let buf = st.log.bufs[o.buf].bytes();
             for j in 0..o.len as u64 {
                 let cb = o.slot * dpb + j;
                 let backing_block = st.index.backing_of(cb);
@@ -46,17 +121,17 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let header = SegmentHeader {
                 format_uuid: st.sb.format_uuid,
                 id: o.id,
-                durable_through_id: st.last_durable,
-                prev_header_crc: st.prev_header_crc,
+                durable_through_id: st.log.last_durable,
+                prev_header_crc: st.log.prev_header_crc,
                 flags: 0,
                 entries,
                 header_crc: 0,
             };
             let hb = st.geo.header_bytes();
-            st.prev_header_crc = header.encode_into(&mut st.bufs[o.buf].bytes_mut()[..hb]);
+            st.log.prev_header_crc = header.encode_into(&mut st.log.bufs[o.buf].bytes_mut()[..hb]);
         }
-        st.slot_len[o.slot as usize] = o.len;
-        st.last_sealed = o.id;
+        st.log.slot_len[o.slot as usize] = o.len;
+        st.log.last_sealed = o.id;
         let len_bytes = (st.geo.header_blocks as usize + o.len as usize) * BLOCK;
         let offset = st.geo.slot_offset_bytes(o.slot);
         let this = self.clone();
@@ -81,7 +156,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             // This write's own reference: the sealed buffer stays allocated and read-only
             // (reads that hit it copy out of it) until the write completes.
             let b = SharedSlice {
-                buf: self.st.borrow().bufs[buf].share(),
+                buf: self.st.borrow().log.bufs[buf].share(),
                 start: 0,
                 len: len_bytes,
             };
@@ -99,7 +174,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 if attempts >= SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR {
                     // FLUSH/FUA waiting on it fail, also those that began waiting after an
                     // earlier failure; the write keeps retrying.
-                    st.durability_error_gen += 1;
+                    st.durability.durability_error_gen += 1;
                 }
                 // Bounded retries: a segment that keeps failing for longer than the error
                 // window (at most a second: about 10 attempts) degrades the volume, so that no
@@ -125,19 +200,19 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let mut st = self.st.borrow_mut();
             st.counters.segments_written += 1;
             st.counters.bytes_cache_written += len_bytes as u64;
-            st.slot_buf[slot as usize] = NO_BUF;
-            st.free_bufs.push(buf);
-            if id == st.last_written + 1 {
-                st.last_written = id;
+            st.log.slot_buf[slot as usize] = NO_BUF;
+            st.log.free_bufs.push(buf);
+            if id == st.log.last_written + 1 {
+                st.log.last_written = id;
                 loop {
-                    let next = st.last_written + 1;
-                    if !st.written_above.remove(&next) {
+                    let next = st.log.last_written + 1;
+                    if !st.log.written_above.remove(&next) {
                         break;
                     }
-                    st.last_written = next;
+                    st.log.last_written = next;
                 }
             } else {
-                st.written_above.insert(id);
+                st.log.written_above.insert(id);
             }
         }
         self.bump_progress();
@@ -149,19 +224,19 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     pub(super) fn kick_flush(self: &Rc<Self>) -> bool {
         let target = {
             let mut st = self.st.borrow_mut();
-            if st.flush_in_flight
-                || st.flush_wanted <= st.last_durable
+            if st.durability.flush_in_flight
+                || st.durability.flush_wanted <= st.log.last_durable
                 // Group commit: wait until what is wanted is written, one flush covers it. Not
                 // when degraded: the segments not written yet may never be, and those written
                 // must still become durable to be written back.
                 || (st.health.degraded.is_none()
-                    && st.last_written < st.flush_wanted.min(st.last_sealed))
-                || st.last_written <= st.last_durable
+                    && st.log.last_written < st.durability.flush_wanted.min(st.log.last_sealed))
+                || st.log.last_written <= st.log.last_durable
             {
                 return false;
             }
-            st.flush_in_flight = true;
-            st.last_written
+            st.durability.flush_in_flight = true;
+            st.log.last_written
         };
         let this = self.clone();
         self.rt.spawn(Box::pin(async move {
@@ -172,16 +247,16 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             };
             {
                 let mut st = this.st.borrow_mut();
-                st.flush_in_flight = false;
+                st.durability.flush_in_flight = false;
                 match r {
                     Ok(()) => {
-                        st.last_durable = st.last_durable.max(target);
+                        st.log.last_durable = st.log.last_durable.max(target);
                     }
                     Err(_) => {
                         this.note_cache_error(&mut st, ErrorKind::CacheFlush);
-                        st.durability_error_gen += 1;
+                        st.durability.durability_error_gen += 1;
                         // Waiters fail; a later FLUSH asks again.
-                        st.flush_wanted = st.last_durable;
+                        st.durability.flush_wanted = st.log.last_durable;
                     }
                 }
             }
@@ -202,22 +277,29 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     ) -> Result<(), IoError> {
         let gen = {
             let mut st = self.st.borrow_mut();
-            if seal_open && st.open.map(|o| o.id) == Some(id) {
-                if st.open.map(|o| o.len < st.geo.data_blocks_per_segment()) == Some(true) {
+            if seal_open && st.log.open.map(|o| o.id) == Some(id) {
+                if st
+                    .log
+                    .open
+                    .map(|o| o.len < st.geo.data_blocks_per_segment())
+                    == Some(true)
+                {
                     st.counters.nr_partial_flushed += 1;
                 }
                 self.seal(&mut st);
             }
-            if st.last_durable >= id {
+            if st.log.last_durable >= id {
                 return Ok(());
             }
-            st.flush_wanted = st.flush_wanted.max(id);
-            st.durability_error_gen
+            st.durability.flush_wanted = st.durability.flush_wanted.max(id);
+            st.durability.durability_error_gen
         };
         self.kick_flush();
-        self.wait_until(|st| st.last_durable >= id || st.durability_error_gen != gen)
-            .await;
-        if self.st.borrow().last_durable >= id {
+        self.wait_until(|st| {
+            st.log.last_durable >= id || st.durability.durability_error_gen != gen
+        })
+        .await;
+        if self.st.borrow().log.last_durable >= id {
             Ok(())
         } else {
             Err(IoError::NotDurable)
@@ -225,7 +307,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     pub(super) async fn flush_backing(&self) -> Result<(), IoError> {
-        let covers = self.st.borrow().backing_writes_done;
+        let covers = self.st.borrow().durability.backing_writes_done;
         // A transient error must not fail a FLUSH, FUA or write-zeroes that wrote to the backing
         // device because the engine chose to (every error is counted).
         let mut attempt = 1;
@@ -238,9 +320,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             attempt += 1;
         }
         let mut st = self.st.borrow_mut();
-        st.backing_flushed_through = st.backing_flushed_through.max(covers);
-        if !st.backing_unflushed.is_empty() {
-            st.backing_unflushed.retain(|_, n| *n > covers);
+        st.durability.backing_flushed_through = st.durability.backing_flushed_through.max(covers);
+        if !st.durability.backing_unflushed.is_empty() {
+            st.durability.backing_unflushed.retain(|_, n| *n > covers);
         }
         Ok(())
     }
@@ -265,9 +347,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         } else {
             let target = {
                 let st = self.st.borrow();
-                match st.open {
+                match st.log.open {
                     Some(o) if o.len > 0 => o.id,
-                    _ => st.last_sealed,
+                    _ => st.log.last_sealed,
                 }
             };
             if target > 0 {
@@ -276,7 +358,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         let backing_unflushed = {
             let st = self.st.borrow();
-            st.backing_flushed_through < st.backing_writes_done
+            st.durability.backing_flushed_through < st.durability.backing_writes_done
         };
         if backing_unflushed {
             self.flush_backing().await?;

@@ -130,100 +130,28 @@ impl Gate {
     }
 }
 
+/// A volume's state: a composition of owned parts, each kept by the stage that owns its
+/// invariants (the log's slots and buffers in log.rs, the FLUSH machinery in log.rs, writeback's
+/// progress in writeback.rs, the backing load and the superblock record in daemons.rs, read
+/// staging in read.rs, the sequential cutoff and in-flight bypasses in cutoff.rs, the degraded
+/// state in health.rs), plus what every stage reads: geometry, options, the index, the gate.
 struct State {
     geo: Geometry,
     sb: Superblock,
     opts: Options,
     index: Index,
-    slot_id: Vec<u64>,
-    slot_len: Vec<u32>,
-    /// In-flight device reads of each slot (cache hits, writeback): a slot is not reused while > 0.
-    slot_readers: Vec<u32>,
-    /// RAM buffer holding the slot's current segment, or `NO_BUF` once it is on the device.
-    slot_buf: Vec<u32>,
-    bufs: Vec<segment_buf::SegmentBuf>,
-    free_bufs: Vec<usize>,
-    open: Option<OpenSegment>,
-    next_id: u64,
-    last_sealed: u64,
-    /// Completed segment writes above `last_written` (completions may come out of order).
-    written_above: BTreeSet<u64>,
-    last_written: u64,
-    last_durable: u64,
-    last_writeback: u64,
-    /// `last_writeback` as durably recorded in the superblock record. A slot is reused only
-    /// once its previous segment is recorded written back, so replay never maps a segment whose
-    /// slot a newer, torn segment may have overwritten.
-    recorded_writeback: u64,
-    prev_header_crc: u32,
+    /// Dirty cache blocks in the index.
     nr_dirty: u64,
-    // FLUSH machinery.
-    flush_wanted: u64,
-    flush_in_flight: bool,
-    /// Bumped when durability failed; waiters that saw an older value fail.
-    durability_error_gen: u64,
-    /// Foreground writes to the backing device completed so far (write-around).
-    backing_writes_done: u64,
-    /// `backing_writes_done` as of the start of the last successful backing flush: every
-    /// write counted up to here is durable. A FLUSH that finds a backing flush in flight
-    /// cannot rely on it (it may fail, or have started before this FLUSH's writes).
-    backing_flushed_through: u64,
-    /// Blocks written to the backing device by a foreground write (bypass, write-around) that no
-    /// backing flush covers yet, with the `backing_writes_done` count that covers them. Reads do
-    /// not stage such blocks: a staged copy could become durable on the cache while the write
-    /// it copies is still in the backing device's volatile cache, and outlive it after a power
-    /// cut (the old value would come back once the staged copy is evicted).
-    backing_unflushed: HashMap<u64, u64>,
-    /// When `backing_unflushed` would grow past the cache's size it is dropped and no block is
-    /// staged until a backing flush covers this count.
-    backing_unflushed_all_through: u64,
-    // Writeback.
-    writeback_in_flight: bool,
-    writeback_retry_at_ns: u64,
-    writeback_backoff_ns: u64,
-    nr_cur_batched_writeback: u64,
-    drop_caches_active: u32,
-    space_waiters: u32,
-    shutting_down: bool,
-    /// Set by a drained shutdown of a log with superseded copies: the clean record says every
-    /// allocated segment is written back (nothing of the log is replayed).
-    forget_log_at_record: bool,
+    log: log::LogState,
+    durability: log::Durability,
+    wb: writeback::WritebackState,
+    load: daemons::BackingLoad,
+    staging: read::Staging,
+    cutoff: cutoff::CutoffState,
+    record: daemons::RecordState,
     /// Test and benchmark hooks (feature `test-hooks`).
     #[cfg(feature = "test-hooks")]
     hooks: Hooks,
-    // Backing load, foreground I/O only.
-    backing_fg_inflight: u32,
-    backing_busy_since_ns: u64,
-    backing_busy_ns: u64,
-    util_sample_at_ns: u64,
-    util_sample_busy_ns: u64,
-    backing_util_pct: u64,
-    // Read caching.
-    /// Blocks a read may stage, with the token of the read allowed to.
-    staging: HashMap<u64, u64>,
-    staging_token: u64,
-    seq_next_block: u64,
-    seq_run_blocks: u64,
-    // Sequential cutoff (writes that bypass the cache).
-    wseq_next_sector: u64,
-    wseq_run_sectors: u64,
-    /// The current stream bypasses the cache: it keeps doing so until it breaks, even if
-    /// writeback meanwhile cleaned the cache below half dirty (no flapping between paths).
-    wseq_bypassing: bool,
-    /// Blocks dropped from the index by an invalidation (discard, write-around) while their copy
-    /// sits in a segment above the recorded writeback id: replay would map that copy again, so
-    /// such a block may not bypass the cache until the segment is recorded written back.
-    shadowed: HashMap<u64, u64>,
-    /// Blocks with a bypassing write in flight: log writes of them wait, reads do not stage them.
-    bypass_inflight: HashMap<u64, u32>,
-    /// Degraded write-throughs in flight over blocks with cached copies: writeback starts no
-    /// batch meanwhile (it could not write those blocks back, nor mark their segments done).
-    write_through_over_cached: u32,
-    // Superblock record and sync.
-    record_seq: u64,
-    record_in_flight: bool,
-    last_record_ns: u64,
-    last_sync_ns: u64,
     gate: Gate,
     health: health::Health,
     counters: Counters,
@@ -368,18 +296,18 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     fn backing_fg_begin(&self) {
         let now = self.rt.now_ns();
         let mut st = self.st.borrow_mut();
-        if st.backing_fg_inflight == 0 {
-            st.backing_busy_since_ns = now;
+        if st.load.backing_fg_inflight == 0 {
+            st.load.backing_busy_since_ns = now;
         }
-        st.backing_fg_inflight += 1;
+        st.load.backing_fg_inflight += 1;
     }
 
     fn backing_fg_end(&self) {
         let now = self.rt.now_ns();
         let mut st = self.st.borrow_mut();
-        st.backing_fg_inflight -= 1;
-        if st.backing_fg_inflight == 0 {
-            st.backing_busy_ns += now.saturating_sub(st.backing_busy_since_ns);
+        st.load.backing_fg_inflight -= 1;
+        if st.load.backing_fg_inflight == 0 {
+            st.load.backing_busy_ns += now.saturating_sub(st.load.backing_busy_since_ns);
         }
     }
 }
@@ -402,22 +330,23 @@ impl State {
     }
     /// The newest allocated segment id (the open one, else the last sealed).
     fn newest_id(&self) -> u64 {
-        self.open.map(|o| o.id).unwrap_or(self.next_id - 1)
+        self.log.open.map(|o| o.id).unwrap_or(self.log.next_id - 1)
     }
     /// Whether the log holds a copy of `block` that replay could map: it is cached, or it was
     /// invalidated (`shadowed`) in a segment above the recorded writeback id.
     fn replayable_copy(&self, block: u64) -> bool {
         self.index.lookup(block).is_some()
             || self
+                .cutoff
                 .shadowed
                 .get(&block)
-                .is_some_and(|&id| id > self.recorded_writeback)
+                .is_some_and(|&id| id > self.log.recorded_writeback)
     }
     fn slot_of_cb(&self, cb: u64) -> u64 {
         cb / self.dpb()
     }
     fn cb_in_ram(&self, cb: u64) -> Option<usize> {
-        let b = self.slot_buf[self.slot_of_cb(cb) as usize];
+        let b = self.log.slot_buf[self.slot_of_cb(cb) as usize];
         (b != NO_BUF).then_some(b as usize)
     }
     /// Byte offset of cache block `cb` inside its segment image.
@@ -426,8 +355,8 @@ impl State {
     }
     /// True when block `block` may hold backing data that no backing flush made durable.
     fn backing_block_unflushed(&self, block: u64) -> bool {
-        self.backing_flushed_through < self.backing_unflushed_all_through
-            || self.backing_unflushed.contains_key(&block)
+        self.durability.backing_flushed_through < self.durability.backing_unflushed_all_through
+            || self.durability.backing_unflushed.contains_key(&block)
     }
     fn cb_device_offset(&self, cb: u64) -> u64 {
         self.geo
@@ -488,21 +417,21 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
 
     pub fn status(&self) -> Status {
         let st = self.inner.st.borrow();
-        let cursor_pos = match st.open {
+        let cursor_pos = match st.log.open {
             Some(o) => o.slot * st.dpb() + o.len as u64,
-            None => st.geo.slot_of_id(st.next_id) * st.dpb(),
+            None => st.geo.slot_of_id(st.log.next_id) * st.dpb(),
         };
         Status {
             cursor_pos,
             nr_cache_blocks: st.geo.nr_cache_blocks(),
             nr_segments: st.geo.nr_segments,
-            current_id: st.open.map(|o| o.id).unwrap_or(st.next_id),
-            last_flushed_id: st.last_durable,
-            last_writeback_id: st.last_writeback,
+            current_id: st.log.open.map(|o| o.id).unwrap_or(st.log.next_id),
+            last_flushed_id: st.log.last_durable,
+            last_writeback_id: st.log.last_writeback,
             nr_dirty_cache_blocks: st.nr_dirty,
             nr_partial_flushed: st.counters.nr_partial_flushed,
-            nr_cur_batched_writeback: st.nr_cur_batched_writeback,
-            backing_util_pct: st.backing_util_pct,
+            nr_cur_batched_writeback: st.wb.nr_cur_batched_writeback,
+            backing_util_pct: st.load.backing_util_pct,
             segment_size_kib: st.geo.segment_size_bytes / 1024,
             format_uuid: crate::format::uuid_to_string(&st.sb.format_uuid),
             dram_bytes_per_cache_block: st.index.dram_bytes_per_block(),

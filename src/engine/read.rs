@@ -6,6 +6,26 @@ use super::*;
 use crate::engine::stats::stat_index;
 use crate::engine::stats::ErrorKind;
 
+/// Read caching: which blocks a read in flight may stage, and the sequential run of reads.
+pub(super) struct Staging {
+    /// Blocks a read may stage, with the token of the read allowed to.
+    pub(super) marks: HashMap<u64, u64>,
+    pub(super) token: u64,
+    pub(super) seq_next_block: u64,
+    pub(super) seq_run_blocks: u64,
+}
+
+impl Default for Staging {
+    fn default() -> Staging {
+        Staging {
+            marks: HashMap::new(),
+            token: 0,
+            seq_next_block: u64::MAX,
+            seq_run_blocks: 0,
+        }
+    }
+}
+
 /// One device read of the plan.
 struct Piece {
     base: Base,
@@ -29,13 +49,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         for &block in blocks {
             // The mark must still be this read's: a write or discard since the read began
             // removed it, a later read replaced it. Staging never waits behind queued writes.
-            if st.staging.get(&block) != Some(&token) {
+            if st.staging.marks.get(&block) != Some(&token) {
                 continue;
             }
-            st.staging.remove(&block);
+            st.staging.marks.remove(&block);
             if !st.gate.is_empty()
                 || st.index.lookup(block).is_some()
-                || st.bypass_inflight.contains_key(&block)
+                || st.cutoff.bypass_inflight.contains_key(&block)
                 || st.backing_block_unflushed(block)
             {
                 continue;
@@ -44,13 +64,14 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 continue;
             }
             let dpb = st.dpb();
-            let o = st.open.as_mut().expect("open");
+            let o = st.log.open.as_mut().expect("open");
             let cb = o.slot * dpb + o.len as u64;
             o.len += 1;
             let o = *o;
             let off = st.cb_buf_offset(cb);
             let src = ((block * spb - out_first_sector) as usize) * SECTOR;
-            st.bufs[o.buf].bytes_mut()[off..off + BLOCK].copy_from_slice(&out[src..src + BLOCK]);
+            st.log.bufs[o.buf].bytes_mut()[off..off + BLOCK]
+                .copy_from_slice(&out[src..src + BLOCK]);
             st.index.insert(block, cb, 0xff, 0);
             st.counters.staged_blocks += 1;
         }
@@ -73,17 +94,18 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let first_block = offset_sectors / spb;
             let last_block = (end - 1) / spb;
             let nr_blocks = last_block - first_block + 1;
-            if first_block == st.seq_next_block {
-                st.seq_run_blocks += nr_blocks;
+            if first_block == st.staging.seq_next_block {
+                st.staging.seq_run_blocks += nr_blocks;
             } else {
-                st.seq_run_blocks = nr_blocks;
+                st.staging.seq_run_blocks = nr_blocks;
             }
-            st.seq_next_block = last_block + 1;
+            st.staging.seq_next_block = last_block + 1;
             let threshold = st.opts.read_cache_threshold;
-            let may_stage =
-                threshold > 0 && st.seq_run_blocks <= threshold && st.health.degraded.is_none();
-            st.staging_token += 1;
-            token = st.staging_token;
+            let may_stage = threshold > 0
+                && st.staging.seq_run_blocks <= threshold
+                && st.health.degraded.is_none();
+            st.staging.token += 1;
+            token = st.staging.token;
             let mut sector = offset_sectors;
             while sector < end {
                 let block = sector / spb;
@@ -93,7 +115,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 let fullsize = mask == 0xff;
                 let out_block_start = (block * spb) as i64 - offset_sectors as i64;
                 let cb = st.index.lookup(block);
-                let on_buffer = match (cb, st.open) {
+                let on_buffer = match (cb, st.log.open) {
                     (Some(cb), Some(o)) => st.slot_of_cb(cb) == o.slot,
                     _ => false,
                 };
@@ -107,7 +129,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         match st.cb_in_ram(cb) {
                             Some(b) => {
                                 let off = st.cb_buf_offset(cb);
-                                let buf = st.bufs[b].bytes();
+                                let buf = st.log.bufs[b].bytes();
                                 for (s, n) in runs(cached) {
                                     let o = ((out_block_start + s as i64) as usize) * SECTOR;
                                     let a = off + s as usize * SECTOR;
@@ -133,7 +155,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                                             p.len_bytes += len;
                                         }
                                         _ => {
-                                            st.slot_readers[slot as usize] += 1;
+                                            st.log.slot_readers[slot as usize] += 1;
                                             pieces.push(Piece {
                                                 base: Base::Cache,
                                                 device_offset_bytes: dev,
@@ -172,10 +194,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 if may_stage
                     && fullsize
                     && cb.is_none()
-                    && !st.bypass_inflight.contains_key(&block)
+                    && !st.cutoff.bypass_inflight.contains_key(&block)
                     && !st.backing_block_unflushed(block)
                 {
-                    st.staging.insert(block, token);
+                    st.staging.marks.insert(block, token);
                     stage.push(block);
                 }
                 sector += nr as u64;
@@ -204,7 +226,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let mut st = self.st.borrow_mut();
             for (p, (buf, r)) in pieces.iter().zip(results) {
                 if let Some(slot) = p.slot {
-                    st.slot_readers[slot as usize] -= 1;
+                    st.log.slot_readers[slot as usize] -= 1;
                 }
                 match (p.base, r) {
                     (Base::Cache, Ok(())) => st.counters.bytes_cache_read += p.len_bytes as u64,
@@ -226,8 +248,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if let Some(e) = first_err {
             let mut st = self.st.borrow_mut();
             for b in &stage {
-                if st.staging.get(b) == Some(&token) {
-                    st.staging.remove(b);
+                if st.staging.marks.get(b) == Some(&token) {
+                    st.staging.marks.remove(b);
                 }
             }
             return Err(e);

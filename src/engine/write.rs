@@ -20,7 +20,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// Opens a new segment if none is open, or seals the full one and opens the next.
     /// Returns false when space is not available yet.
     pub(super) fn ensure_open_with_room(self: &Rc<Self>, st: &mut State) -> bool {
-        if let Some(o) = st.open {
+        if let Some(o) = st.log.open {
             if o.len < st.geo.data_blocks_per_segment() {
                 return true;
             }
@@ -30,37 +30,37 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     fn try_open_segment(&self, st: &mut State) -> bool {
-        debug_assert!(st.open.is_none());
-        let id = st.next_id;
+        debug_assert!(st.log.open.is_none());
+        let id = st.log.next_id;
         let slot = st.geo.slot_of_id(id);
         let nr = st.geo.nr_segments;
-        if st.free_bufs.is_empty()
-            || (id > nr && st.recorded_writeback < id - nr)
-            || st.slot_readers[slot as usize] != 0
-            || st.slot_buf[slot as usize] != NO_BUF
+        if st.log.free_bufs.is_empty()
+            || (id > nr && st.log.recorded_writeback < id - nr)
+            || st.log.slot_readers[slot as usize] != 0
+            || st.log.slot_buf[slot as usize] != NO_BUF
         {
             return false;
         }
-        let buf = st.free_bufs.pop().expect("checked");
+        let buf = st.log.free_bufs.pop().expect("checked");
         // Evict what the slot held: all of it is clean (written back).
         let dpb = st.dpb();
-        for j in 0..st.slot_len[slot as usize] as u64 {
+        for j in 0..st.log.slot_len[slot as usize] as u64 {
             let cb = slot * dpb + j;
             if st.index.backing_of(cb) != index::NO_BLOCK {
                 assert_eq!(st.index.dirty(cb), 0, "reusing slot {slot} with dirty data");
                 st.index.remove(cb);
             }
         }
-        st.slot_id[slot as usize] = id;
-        st.slot_len[slot as usize] = 0;
-        st.slot_buf[slot as usize] = buf as u32;
-        st.open = Some(OpenSegment {
+        st.log.slot_id[slot as usize] = id;
+        st.log.slot_len[slot as usize] = 0;
+        st.log.slot_buf[slot as usize] = buf as u32;
+        st.log.open = Some(OpenSegment {
             id,
             slot,
             buf,
             len: 0,
         });
-        st.next_id += 1;
+        st.log.next_id += 1;
         true
     }
 
@@ -76,15 +76,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     ) -> Place {
         let fullsize = mask == 0xff;
         let old = st.index.lookup(block);
-        if !st.staging.is_empty() {
-            st.staging.remove(&block);
+        if !st.staging.marks.is_empty() {
+            st.staging.marks.remove(&block);
         }
         // Hit on the open buffer: overwrite in place.
-        if let (Some(cb), Some(o)) = (old, st.open) {
+        if let (Some(cb), Some(o)) = (old, st.log.open) {
             if st.slot_of_cb(cb) == o.slot {
                 let off = st.cb_buf_offset(cb);
                 copy_sectors_in(
-                    &mut st.bufs[o.buf].bytes_mut()[off..off + BLOCK],
+                    &mut st.log.bufs[o.buf].bytes_mut()[off..off + BLOCK],
                     mask,
                     data,
                 );
@@ -116,7 +116,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 return Place::NeedOldCopy { cb };
             }
         }
-        let o = st.open.as_mut().expect("open");
+        let o = st.log.open.as_mut().expect("open");
         let cb = o.slot * st.geo.data_blocks_per_segment() as u64 + o.len as u64;
         o.len += 1;
         let o = *o;
@@ -129,13 +129,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             Some(old_cb) if need != 0 => {
                 let in_ram = old_in_ram.map(|b| {
                     assert_ne!(b, o.buf, "open-buffer hits are handled above");
-                    (st.bufs[b].share(), st.cb_buf_offset(old_cb))
+                    (st.log.bufs[b].share(), st.cb_buf_offset(old_cb))
                 });
                 Some((st.index.dirty(old_cb), in_ram))
             }
             _ => None,
         };
-        let dst = &mut st.bufs[o.buf].bytes_mut()[off..off + BLOCK];
+        let dst = &mut st.log.bufs[o.buf].bytes_mut()[off..off + BLOCK];
         copy_sectors_in(dst, mask, data);
         if let Some((od, in_ram)) = kept {
             match in_ram {
@@ -164,12 +164,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let (off, slot) = {
             let mut st = self.st.borrow_mut();
             let slot = st.slot_of_cb(cb);
-            st.slot_readers[slot as usize] += 1;
+            st.log.slot_readers[slot as usize] += 1;
             (st.cb_device_offset(cb), slot)
         };
         let (buf, r) = self.cache.read(off, AlignedBuf::for_overwrite(BLOCK)).await;
         let mut st = self.st.borrow_mut();
-        st.slot_readers[slot as usize] -= 1;
+        st.log.slot_readers[slot as usize] -= 1;
         st.counters.bytes_cache_read += BLOCK as u64;
         if let Err(e) = r {
             self.note_cache_error(&mut st, ErrorKind::CacheRead);
@@ -204,12 +204,14 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     ) -> Result<u64, IoError> {
         let spb = SECTORS_PER_BLOCK as u64;
         let end = offset_sectors + (data.len() / SECTOR) as u64;
-        if !self.st.borrow().bypass_inflight.is_empty() {
+        if !self.st.borrow().cutoff.bypass_inflight.is_empty() {
             // A write that bypassed the cache is still going to the backing device: a newer copy
             // in the log could otherwise be written back before it lands, and lose to it.
             let (first, last) = (offset_sectors / spb, end.div_ceil(spb));
-            self.wait_until(|st| (first..last).all(|b| !st.bypass_inflight.contains_key(&b)))
-                .await;
+            self.wait_until(|st| {
+                (first..last).all(|b| !st.cutoff.bypass_inflight.contains_key(&b))
+            })
+            .await;
         }
         let mut sector = offset_sectors;
         let mut last_id = 0;
@@ -248,14 +250,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         }
                         {
                             let mut st = self.st.borrow_mut();
-                            st.space_waiters += 1;
-                            st.flush_wanted = st.flush_wanted.max(st.last_sealed);
+                            st.wb.space_waiters += 1;
+                            st.durability.flush_wanted =
+                                st.durability.flush_wanted.max(st.log.last_sealed);
                         }
                         self.maybe_start_writeback();
                         self.kick_flush();
                         self.wait_until(|st| st.space_available() || st.health.degraded.is_some())
                             .await;
-                        self.st.borrow_mut().space_waiters -= 1;
+                        self.st.borrow_mut().wb.space_waiters -= 1;
                         if self.is_degraded() {
                             // No space will come from a failing cache: the caller writes the
                             // whole write through to the backing device instead.
@@ -307,7 +310,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         {
             let mut st = self.st.borrow_mut();
             // Counted even when it failed: a failed write may have landed in part.
-            st.backing_writes_done += 1;
+            st.durability.backing_writes_done += 1;
             st.note_backing_unflushed(offset_sectors, (data.len() / SECTOR) as u64);
             if let Err(e) = r {
                 st.counters.note_error(ErrorKind::BackingWrite);
@@ -343,23 +346,23 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             if st.index.dirty(cb) != 0 {
                 st.nr_dirty -= 1;
             }
-            let id = st.slot_id[st.slot_of_cb(cb) as usize];
-            if id > st.recorded_writeback {
+            let id = st.log.slot_id[st.slot_of_cb(cb) as usize];
+            if id > st.log.recorded_writeback {
                 let block = st.index.backing_of(cb);
-                let e = st.shadowed.entry(block).or_insert(id);
+                let e = st.cutoff.shadowed.entry(block).or_insert(id);
                 *e = (*e).max(id);
             }
             st.index.remove(cb);
         };
         if last - first <= st.geo.nr_cache_blocks() {
             for block in first..last {
-                st.staging.remove(&block);
+                st.staging.marks.remove(&block);
                 if let Some(cb) = st.index.lookup(block) {
                     drop_cb(&mut st, cb);
                 }
             }
         } else {
-            st.staging.retain(|b, _| *b < first || *b >= last);
+            st.staging.marks.retain(|b, _| *b < first || *b >= last);
             for cb in 0..st.geo.nr_cache_blocks() {
                 let b = st.index.backing_of(cb);
                 if b != index::NO_BLOCK && b >= first && b < last {
@@ -381,14 +384,16 @@ impl State {
             offset_sectors / spb,
             (offset_sectors + nr_sectors).div_ceil(spb),
         );
-        let n = self.backing_writes_done;
-        if self.backing_unflushed.len() as u64 + (last - first) > self.geo.nr_cache_blocks() {
-            self.backing_unflushed.clear();
-            self.backing_unflushed_all_through = n;
+        let n = self.durability.backing_writes_done;
+        if self.durability.backing_unflushed.len() as u64 + (last - first)
+            > self.geo.nr_cache_blocks()
+        {
+            self.durability.backing_unflushed.clear();
+            self.durability.backing_unflushed_all_through = n;
             return;
         }
         for b in first..last {
-            self.backing_unflushed.insert(b, n);
+            self.durability.backing_unflushed.insert(b, n);
         }
     }
 
@@ -408,26 +413,26 @@ impl State {
 
     /// True when the next segment's slot still holds a segment not (recorded) written back.
     pub(super) fn log_full(&self) -> bool {
-        let id = self.next_id + self.open.is_some() as u64;
+        let id = self.log.next_id + self.log.open.is_some() as u64;
         let nr = self.geo.nr_segments;
-        id > nr && self.recorded_writeback < id - nr
+        id > nr && self.log.recorded_writeback < id - nr
     }
 
     /// True when a segment can be opened (or the open one has room).
     pub(super) fn space_available(&self) -> bool {
-        if let Some(o) = self.open {
+        if let Some(o) = self.log.open {
             if o.len < self.geo.data_blocks_per_segment() {
                 return true;
             }
         }
-        let id = self.next_id + self.open.is_some() as u64;
+        let id = self.log.next_id + self.log.open.is_some() as u64;
         let slot = self.geo.slot_of_id(id) as usize;
         let nr = self.geo.nr_segments;
         // Sealing the open segment frees nothing, so a buffer must be free besides it.
-        !self.free_bufs.is_empty()
-            && (id <= nr || self.recorded_writeback >= id - nr)
-            && self.slot_readers[slot] == 0
-            && self.slot_buf[slot] == NO_BUF
+        !self.log.free_bufs.is_empty()
+            && (id <= nr || self.log.recorded_writeback >= id - nr)
+            && self.log.slot_readers[slot] == 0
+            && self.log.slot_buf[slot] == NO_BUF
     }
 }
 
@@ -480,8 +485,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                 // writes of it go to the log until it is long again.
                 let mut st = inner.st.borrow_mut();
                 st.counters.bypass_retried_in_log += 1;
-                st.wseq_bypassing = false;
-                st.wseq_run_sectors = 0;
+                st.cutoff.wseq_bypassing = false;
+                st.cutoff.wseq_run_sectors = 0;
                 None
             }
             Cutoff::ToLog { ticket } => ticket,

@@ -7,6 +7,22 @@ use super::*;
 use crate::engine::stats::ErrorKind;
 use crate::format::SegmentHeader;
 
+/// Writeback's progress and pacing, and what may hold it back.
+#[derive(Default)]
+pub(super) struct WritebackState {
+    pub(super) writeback_in_flight: bool,
+    pub(super) writeback_retry_at_ns: u64,
+    pub(super) writeback_backoff_ns: u64,
+    pub(super) nr_cur_batched_writeback: u64,
+    pub(super) drop_caches_active: u32,
+    /// Writes waiting for log space (writeback becomes urgent).
+    pub(super) space_waiters: u32,
+    pub(super) shutting_down: bool,
+    /// Degraded write-throughs in flight over blocks with cached copies: writeback starts no
+    /// batch meanwhile (it could not write those blocks back, nor mark their segments done).
+    pub(super) write_through_over_cached: u32,
+}
+
 /// Device operations in flight per batch: deep enough to keep a slow backing device busy (a
 /// 4 ms device needs hundreds in flight to match the cache).
 const QUEUE_DEPTH: usize = 1024;
@@ -98,10 +114,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 
     /// Whether a batch should start now.
     fn writeback_wanted(&self, st: &State, now_ns: u64) -> bool {
-        if st.shutting_down
-            || st.writeback_in_flight
-            || st.write_through_over_cached > 0
-            || now_ns < st.writeback_retry_at_ns
+        if st.wb.shutting_down
+            || st.wb.writeback_in_flight
+            || st.wb.write_through_over_cached > 0
+            || now_ns < st.wb.writeback_retry_at_ns
         {
             return false;
         }
@@ -109,20 +125,20 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if st.health.degraded.is_some() && !st.gate.is_empty() {
             return false;
         }
-        let used = st.open.map(|o| o.id).unwrap_or(st.next_id) - 1 - st.last_writeback;
+        let used = st.log.open.map(|o| o.id).unwrap_or(st.log.next_id) - 1 - st.log.last_writeback;
         let free = st.geo.nr_segments.saturating_sub(used);
         // Keep a reserve of free segments so foreground writes rarely wait: room for what the
         // RAM buffers and one batch's worth of writes consume while a batch runs, or an eighth
         // of the log. (A quarter wrote back 6-9 % more in the fits benchmark, for nothing.)
         let low_water = (st.geo.nr_segments / 8)
-            .max(st.opts.nr_max_batched_writeback + st.bufs.len() as u64)
+            .max(st.opts.nr_max_batched_writeback + st.log.bufs.len() as u64)
             .min(st.geo.nr_segments / 2)
             .max(2);
-        let urgent = st.drop_caches_active > 0
-            || (st.space_waiters > 0 && st.log_full())
+        let urgent = st.wb.drop_caches_active > 0
+            || (st.wb.space_waiters > 0 && st.log_full())
             || free < low_water;
-        let background =
-            st.opts.writeback_threshold > 0 && st.backing_util_pct < st.opts.writeback_threshold;
+        let background = st.opts.writeback_threshold > 0
+            && st.load.backing_util_pct < st.opts.writeback_threshold;
         urgent || background
     }
 
@@ -134,10 +150,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             if !self.writeback_wanted(&st, now) {
                 return false;
             }
-            if st.last_durable <= st.last_writeback && st.recorded_writeback >= st.last_writeback {
+            if st.log.last_durable <= st.log.last_writeback
+                && st.log.recorded_writeback >= st.log.last_writeback
+            {
                 // Only durable segments are written back: ask for a cache flush first.
-                if st.last_written > st.last_durable {
-                    st.flush_wanted = st.flush_wanted.max(st.last_written);
+                if st.log.last_written > st.log.last_durable {
+                    st.durability.flush_wanted =
+                        st.durability.flush_wanted.max(st.log.last_written);
                     drop(st);
                     return self.kick_flush();
                 }
@@ -145,7 +164,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
         }
         let this = self.clone();
-        self.st.borrow_mut().writeback_in_flight = true;
+        self.st.borrow_mut().wb.writeback_in_flight = true;
         self.rt.spawn(Box::pin(async move {
             let _ = this.writeback_batch().await;
         }));
@@ -158,13 +177,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let now = self.rt.now_ns();
         {
             let mut st = self.st.borrow_mut();
-            st.writeback_in_flight = false;
+            st.wb.writeback_in_flight = false;
             match &r {
-                Ok(_) => st.writeback_backoff_ns = 0,
+                Ok(_) => st.wb.writeback_backoff_ns = 0,
                 Err(_) => {
-                    st.writeback_backoff_ns =
-                        (st.writeback_backoff_ns * 2).clamp(BACKOFF_MIN_NS, BACKOFF_MAX_NS);
-                    st.writeback_retry_at_ns = now + st.writeback_backoff_ns;
+                    st.wb.writeback_backoff_ns =
+                        (st.wb.writeback_backoff_ns * 2).clamp(BACKOFF_MIN_NS, BACKOFF_MAX_NS);
+                    st.wb.writeback_retry_at_ns = now + st.wb.writeback_backoff_ns;
                 }
             }
         }
@@ -180,15 +199,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     async fn writeback_batch_inner(self: &Rc<Self>) -> Result<u64, IoError> {
         // Make every written segment durable first: a copy superseded by a durable newer copy
         // need not be written back, and without FLUSHes from the host most would not be.
-        let written = self.st.borrow().last_written;
-        if written > self.st.borrow().last_durable {
+        let written = self.st.borrow().log.last_written;
+        if written > self.st.borrow().log.last_durable {
             self.make_durable(written, false).await?;
         }
         // The batch: whole segment images (header and data) of the oldest durable segments.
         let lagging = {
             let st = self.st.borrow();
-            let nothing = st.last_durable <= st.last_writeback;
-            nothing.then_some(st.recorded_writeback < st.last_writeback)
+            let nothing = st.log.last_durable <= st.log.last_writeback;
+            nothing.then_some(st.log.recorded_writeback < st.log.last_writeback)
         };
         if let Some(lagging) = lagging {
             if lagging {
@@ -198,31 +217,32 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         let (last_id, slots, reads) = {
             let mut st = self.st.borrow_mut();
-            let first_id = st.last_writeback + 1;
+            let first_id = st.log.last_writeback + 1;
             let last_id = st
+                .log
                 .last_durable
-                .min(st.last_writeback + st.opts.nr_max_batched_writeback);
+                .min(st.log.last_writeback + st.opts.nr_max_batched_writeback);
             let mut slots = Vec::new();
             // (segment id, slot offset) of each segment with blocks.
             let mut reads: Vec<(u64, u64)> = Vec::new();
             for id in first_id..=last_id {
                 let slot = st.geo.slot_of_id(id);
-                debug_assert_eq!(st.slot_id[slot as usize], id);
-                if st.slot_len[slot as usize] == 0 {
+                debug_assert_eq!(st.log.slot_id[slot as usize], id);
+                if st.log.slot_len[slot as usize] == 0 {
                     continue;
                 }
-                st.slot_readers[slot as usize] += 1;
+                st.log.slot_readers[slot as usize] += 1;
                 slots.push(slot);
                 let off = st.geo.slot_offset_bytes(slot);
                 reads.push((id, off));
             }
-            st.nr_cur_batched_writeback = last_id - first_id + 1;
+            st.wb.nr_cur_batched_writeback = last_id - first_id + 1;
             (last_id, slots, reads)
         };
         let unpin = |this: &Self| {
             let mut st = this.st.borrow_mut();
             for s in &slots {
-                st.slot_readers[*s as usize] -= 1;
+                st.log.slot_readers[*s as usize] -= 1;
             }
         };
         // First the headers (a block or a few per segment) ...
@@ -274,7 +294,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 |block, cb| {
                     // A block being written through (degraded) is newer on its way to the backing
                     // device: writing the cached copy could land after it.
-                    if st.bypass_inflight.contains_key(&block) {
+                    if st.cutoff.bypass_inflight.contains_key(&block) {
                         return Copy::Skip;
                     }
                     match st.index.lookup(block) {
@@ -282,10 +302,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                             dirty: st.index.dirty(c),
                         },
                         Some(c) => {
-                            let newer_id = st.slot_id[st.slot_of_cb(c) as usize];
+                            let newer_id = st.log.slot_id[st.slot_of_cb(c) as usize];
                             // A newer copy in this batch is written itself; a durable one is safe.
                             let newer_safe = newer_id <= last_id
-                                || (newer_id <= st.last_durable && st.cb_in_ram(c).is_none());
+                                || (newer_id <= st.log.last_durable && st.cb_in_ram(c).is_none());
                             if newer_safe {
                                 Copy::Skip
                             } else {
@@ -421,7 +441,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     st.nr_dirty -= 1;
                 }
             }
-            st.last_writeback = last_id;
+            st.log.last_writeback = last_id;
             st.counters.bytes_written_back += bytes;
             st.counters.writeback_batches += 1;
         }

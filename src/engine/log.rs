@@ -79,6 +79,24 @@ pub(super) struct Durability {
     /// When `backing_unflushed` would grow past the cache's size it is dropped and no block is
     /// staged until a backing flush covers this count.
     pub(super) backing_unflushed_all_through: u64,
+    /// FLUSH/FUA waiters (up to the queue depth): woken only when what they wait for moved,
+    /// `last_durable` or `durability_error_gen`, not on every change of the volume's state.
+    pub(super) waiters: Vec<Waker>,
+    /// (`last_durable`, `durability_error_gen`) when the waiters were last woken.
+    pub(super) woken_at: (u64, u64),
+}
+
+impl Durability {
+    /// The waiters to wake: all of them if `last_durable` or the error generation moved since
+    /// they were last woken, else none.
+    pub(super) fn take_waiters_if_moved(&mut self, last_durable: u64) -> Vec<Waker> {
+        let now = (last_durable, self.durability_error_gen);
+        if now == self.woken_at {
+            return Vec::new();
+        }
+        self.woken_at = now;
+        std::mem::take(&mut self.waiters)
+    }
 }
 
 /// Failed attempts after which FLUSH/FUA waiting on a segment complete with an error.
@@ -295,8 +313,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             st.durability.durability_error_gen
         };
         self.kick_flush();
-        self.wait_until(|st| {
-            st.log.last_durable >= id || st.durability.durability_error_gen != gen
+        std::future::poll_fn(|cx| {
+            let mut st = self.st.borrow_mut();
+            if st.log.last_durable >= id || st.durability.durability_error_gen != gen {
+                return Poll::Ready(());
+            }
+            st.durability.waiters.push(cx.waker().clone());
+            Poll::Pending
         })
         .await;
         if self.st.borrow().log.last_durable >= id {
@@ -373,5 +396,40 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     /// written since the last one) writes nothing.
     pub async fn flush(&self) -> Result<(), IoError> {
         self.inner.flush_all().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn durability_waiters_wake_only_when_durability_moved() {
+        let mut d = Durability::default();
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        let w = Waker::from(c.clone());
+        d.waiters = vec![w.clone(), w.clone(), w.clone()];
+        // Nothing moved: nobody is woken, the waiters stay.
+        assert!(d.take_waiters_if_moved(0).is_empty());
+        assert_eq!(d.waiters.len(), 3);
+        // last_durable moved: all of them, once.
+        assert_eq!(d.take_waiters_if_moved(5).len(), 3);
+        d.waiters.push(w.clone());
+        assert!(d.take_waiters_if_moved(5).is_empty());
+        // A failure (the error generation) moves it too.
+        d.durability_error_gen += 1;
+        assert_eq!(d.take_waiters_if_moved(5).len(), 1);
+        assert!(d.waiters.is_empty());
+        assert_eq!(c.0.load(Ordering::Relaxed), 0, "taking is not waking");
     }
 }

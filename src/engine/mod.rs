@@ -247,9 +247,16 @@ const SECTOR: usize = SECTOR_SIZE_BYTES as usize;
 const BLOCK: usize = crate::format::BLOCK_SIZE_BYTES as usize;
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    /// Something changed: wakes the general waiters, and the FLUSH/FUA waiters if durability
+    /// moved (they are many at a high queue depth, and wait for one thing).
     fn notify(&self) {
         let ws: Vec<Waker> = std::mem::take(&mut *self.waiters.borrow_mut());
-        for w in ws {
+        let durability = {
+            let mut st = self.st.borrow_mut();
+            let last_durable = st.log.last_durable;
+            st.durability.take_waiters_if_moved(last_durable)
+        };
+        for w in ws.into_iter().chain(durability) {
             w.wake();
         }
     }

@@ -80,6 +80,9 @@ pub struct DiskState {
     /// A power cut loses every write not yet durable (scripted scenarios; the swarm keeps the
     /// random lose/apply/tear).
     pub power_cut_loses_all: bool,
+    /// A read returns the data as it was when the read was issued, not when it completed (a
+    /// device may return either for a read that overlaps a write; scripted scenarios).
+    pub read_at_issue: bool,
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub discards: u64,
@@ -153,6 +156,7 @@ impl SimDisk {
                 slow_writes: Vec::new(),
                 read_errors: 0,
                 power_cut_loses_all: false,
+                read_at_issue: false,
                 bytes_read: 0,
                 bytes_written: 0,
                 discards: 0,
@@ -350,6 +354,11 @@ impl SimDisk {
     async fn read_into(&self, off: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
         self.range_ok(DeviceOp::Read, off, buf.len() as u64)?;
         self.trace(1, off, buf.len() as u64);
+        let at_issue = {
+            let st = self.st.borrow();
+            st.read_at_issue
+                .then(|| st.view[off as usize..off as usize + buf.len()].to_vec())
+        };
         let lat = self.latency_ns(off, buf.len() as u64);
         self.world.after(lat).await;
         if self.refused(true)
@@ -361,7 +370,10 @@ impl SimDisk {
             return Err(io_error(DeviceOp::Read, off, buf.len() as u64));
         }
         let mut st = self.st.borrow_mut();
-        buf.copy_from_slice(&st.view[off as usize..off as usize + buf.len()]);
+        match at_issue {
+            Some(d) => buf.copy_from_slice(&d),
+            None => buf.copy_from_slice(&st.view[off as usize..off as usize + buf.len()]),
+        }
         st.bytes_read += buf.len() as u64;
         drop(st);
         trace_io(self, "read", off, buf);

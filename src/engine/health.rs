@@ -304,7 +304,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         d
                     });
                     if data.is_none() {
-                        st.log.slot_readers[slot as usize] += 1;
+                        st.log.pin_slot(slot);
                     }
                     items.push(Rescue {
                         block,
@@ -327,7 +327,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let off = self.st.borrow().cb_device_offset(it.cb);
             let (b, r) = self.cache.read(off, AlignedBuf::for_overwrite(BLOCK)).await;
             let mut st = self.st.borrow_mut();
-            st.log.slot_readers[it.slot as usize] -= 1;
+            st.log.unpin_slot(it.slot);
             match r {
                 Ok(()) => it.data = Some(b),
                 Err(e) => {

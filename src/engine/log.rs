@@ -33,6 +33,15 @@ pub(super) struct LogState {
 }
 
 impl LogState {
+    /// A device read of a segment in `slot` starts: the slot is not reused until it ends.
+    pub(super) fn pin_slot(&mut self, slot: u64) {
+        self.slot_readers[slot as usize] += 1;
+    }
+
+    pub(super) fn unpin_slot(&mut self, slot: u64) {
+        self.slot_readers[slot as usize] -= 1;
+    }
+
     pub(super) fn new(nr_slots: usize, nr_bufs: usize, segment_size_bytes: usize) -> LogState {
         LogState {
             slot_id: vec![0; nr_slots],
@@ -109,6 +118,53 @@ const RETRY_BACKOFF_MAX_NS: u64 = 1_000_000_000;
 const BACKING_FLUSH_ATTEMPTS: u32 = 3;
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    /// Opens a new segment if none is open, or seals the full one and opens the next.
+    /// Returns false when space is not available yet.
+    pub(super) fn ensure_open_with_room(self: &Rc<Self>, st: &mut State) -> bool {
+        if let Some(o) = st.log.open {
+            if o.len < st.geo.data_blocks_per_segment() {
+                return true;
+            }
+            self.seal(st);
+        }
+        self.try_open_segment(st)
+    }
+
+    fn try_open_segment(&self, st: &mut State) -> bool {
+        debug_assert!(st.log.open.is_none());
+        let id = st.log.next_id;
+        let slot = st.geo.slot_of_id(id);
+        let nr = st.geo.nr_segments;
+        if st.log.free_bufs.is_empty()
+            || (id > nr && st.log.recorded_writeback < id - nr)
+            || st.log.slot_readers[slot as usize] != 0
+            || st.log.slot_buf[slot as usize] != NO_BUF
+        {
+            return false;
+        }
+        let buf = st.log.free_bufs.pop().expect("checked");
+        // Evict what the slot held: all of it is clean (written back).
+        let dpb = st.dpb();
+        for j in 0..st.log.slot_len[slot as usize] as u64 {
+            let cb = slot * dpb + j;
+            if st.index.backing_of(cb) != index::NO_BLOCK {
+                assert_eq!(st.index.dirty(cb), 0, "reusing slot {slot} with dirty data");
+                st.index.remove(cb);
+            }
+        }
+        st.log.slot_id[slot as usize] = id;
+        st.log.slot_len[slot as usize] = 0;
+        st.log.slot_buf[slot as usize] = buf as u32;
+        st.log.open = Some(OpenSegment {
+            id,
+            slot,
+            buf,
+            len: 0,
+        });
+        st.log.next_id += 1;
+        true
+    }
+
     /// Seals the open segment (if it holds any block) and starts its write. An empty open
     /// segment stays open: an empty FLUSH writes no empty segment.
     pub(super) fn seal(self: &Rc<Self>, st: &mut State) {
@@ -388,6 +444,43 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         self.bump_progress();
         Ok(())
+    }
+}
+
+impl State {
+    /// Takes the next block of the open segment (the caller made sure it has room): its cache
+    /// block number and the open segment.
+    pub(super) fn append_block(&mut self) -> (u64, OpenSegment) {
+        let dpb = self.dpb();
+        let o = self.log.open.as_mut().expect("an open segment with room");
+        debug_assert!((o.len as u64) < dpb);
+        let cb = o.slot * dpb + o.len as u64;
+        o.len += 1;
+        (cb, *o)
+    }
+
+    /// True when the next segment's slot still holds a segment not (recorded) written back.
+    pub(super) fn log_full(&self) -> bool {
+        let id = self.log.next_id + self.log.open.is_some() as u64;
+        let nr = self.geo.nr_segments;
+        id > nr && self.log.recorded_writeback < id - nr
+    }
+
+    /// True when a segment can be opened (or the open one has room).
+    pub(super) fn space_available(&self) -> bool {
+        if let Some(o) = self.log.open {
+            if o.len < self.geo.data_blocks_per_segment() {
+                return true;
+            }
+        }
+        let id = self.log.next_id + self.log.open.is_some() as u64;
+        let slot = self.geo.slot_of_id(id) as usize;
+        let nr = self.geo.nr_segments;
+        // Sealing the open segment frees nothing, so a buffer must be free besides it.
+        !self.log.free_bufs.is_empty()
+            && (id <= nr || self.log.recorded_writeback >= id - nr)
+            && self.log.slot_readers[slot] == 0
+            && self.log.slot_buf[slot] == NO_BUF
     }
 }
 

@@ -63,11 +63,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             if !self.ensure_open_with_room(&mut st) {
                 continue;
             }
-            let dpb = st.dpb();
-            let o = st.log.open.as_mut().expect("open");
-            let cb = o.slot * dpb + o.len as u64;
-            o.len += 1;
-            let o = *o;
+            let (cb, o) = st.append_block();
             let off = st.cb_buf_offset(cb);
             let src = ((block * spb - out_first_sector) as usize) * SECTOR;
             st.log.bufs[o.buf].bytes_mut()[off..off + BLOCK]
@@ -155,7 +151,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                                             p.len_bytes += len;
                                         }
                                         _ => {
-                                            st.log.slot_readers[slot as usize] += 1;
+                                            st.log.pin_slot(slot);
                                             pieces.push(Piece {
                                                 base: Base::Cache,
                                                 device_offset_bytes: dev,
@@ -226,7 +222,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let mut st = self.st.borrow_mut();
             for (p, (buf, r)) in pieces.iter().zip(results) {
                 if let Some(slot) = p.slot {
-                    st.log.slot_readers[slot as usize] -= 1;
+                    st.log.unpin_slot(slot);
                 }
                 match (p.base, r) {
                     (Base::Cache, Ok(())) => st.counters.bytes_cache_read += p.len_bytes as u64,

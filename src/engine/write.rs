@@ -17,53 +17,6 @@ enum Place {
 }
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
-    /// Opens a new segment if none is open, or seals the full one and opens the next.
-    /// Returns false when space is not available yet.
-    pub(super) fn ensure_open_with_room(self: &Rc<Self>, st: &mut State) -> bool {
-        if let Some(o) = st.log.open {
-            if o.len < st.geo.data_blocks_per_segment() {
-                return true;
-            }
-            self.seal(st);
-        }
-        self.try_open_segment(st)
-    }
-
-    fn try_open_segment(&self, st: &mut State) -> bool {
-        debug_assert!(st.log.open.is_none());
-        let id = st.log.next_id;
-        let slot = st.geo.slot_of_id(id);
-        let nr = st.geo.nr_segments;
-        if st.log.free_bufs.is_empty()
-            || (id > nr && st.log.recorded_writeback < id - nr)
-            || st.log.slot_readers[slot as usize] != 0
-            || st.log.slot_buf[slot as usize] != NO_BUF
-        {
-            return false;
-        }
-        let buf = st.log.free_bufs.pop().expect("checked");
-        // Evict what the slot held: all of it is clean (written back).
-        let dpb = st.dpb();
-        for j in 0..st.log.slot_len[slot as usize] as u64 {
-            let cb = slot * dpb + j;
-            if st.index.backing_of(cb) != index::NO_BLOCK {
-                assert_eq!(st.index.dirty(cb), 0, "reusing slot {slot} with dirty data");
-                st.index.remove(cb);
-            }
-        }
-        st.log.slot_id[slot as usize] = id;
-        st.log.slot_len[slot as usize] = 0;
-        st.log.slot_buf[slot as usize] = buf as u32;
-        st.log.open = Some(OpenSegment {
-            id,
-            slot,
-            buf,
-            len: 0,
-        });
-        st.log.next_id += 1;
-        true
-    }
-
     /// Places one block of a write. `data` holds the sectors of `mask` (in order); `old_copy`
     /// is the full old block when a previous attempt asked for it.
     fn place_block(
@@ -116,10 +69,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 return Place::NeedOldCopy { cb };
             }
         }
-        let o = st.log.open.as_mut().expect("open");
-        let cb = o.slot * st.geo.data_blocks_per_segment() as u64 + o.len as u64;
-        o.len += 1;
-        let o = *o;
+        let (cb, o) = st.append_block();
         let off = st.cb_buf_offset(cb);
         let mut valid = mask;
         let mut dirty = mask;
@@ -164,12 +114,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let (off, slot) = {
             let mut st = self.st.borrow_mut();
             let slot = st.slot_of_cb(cb);
-            st.log.slot_readers[slot as usize] += 1;
+            st.log.pin_slot(slot);
             (st.cb_device_offset(cb), slot)
         };
         let (buf, r) = self.cache.read(off, AlignedBuf::for_overwrite(BLOCK)).await;
         let mut st = self.st.borrow_mut();
-        st.log.slot_readers[slot as usize] -= 1;
+        st.log.unpin_slot(slot);
         st.counters.bytes_cache_read += BLOCK as u64;
         if let Err(e) = r {
             self.note_cache_error(&mut st, ErrorKind::CacheRead);
@@ -409,30 +359,6 @@ impl State {
             self.counters.stat[stat_index(true, hit, false, nr == spb)] += 1;
             s += nr;
         }
-    }
-
-    /// True when the next segment's slot still holds a segment not (recorded) written back.
-    pub(super) fn log_full(&self) -> bool {
-        let id = self.log.next_id + self.log.open.is_some() as u64;
-        let nr = self.geo.nr_segments;
-        id > nr && self.log.recorded_writeback < id - nr
-    }
-
-    /// True when a segment can be opened (or the open one has room).
-    pub(super) fn space_available(&self) -> bool {
-        if let Some(o) = self.log.open {
-            if o.len < self.geo.data_blocks_per_segment() {
-                return true;
-            }
-        }
-        let id = self.log.next_id + self.log.open.is_some() as u64;
-        let slot = self.geo.slot_of_id(id) as usize;
-        let nr = self.geo.nr_segments;
-        // Sealing the open segment frees nothing, so a buffer must be free besides it.
-        !self.log.free_bufs.is_empty()
-            && (id <= nr || self.log.recorded_writeback >= id - nr)
-            && self.log.slot_readers[slot] == 0
-            && self.log.slot_buf[slot] == NO_BUF
     }
 }
 

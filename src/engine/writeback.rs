@@ -231,7 +231,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 if st.log.slot_len[slot as usize] == 0 {
                     continue;
                 }
-                st.log.slot_readers[slot as usize] += 1;
+                st.log.pin_slot(slot);
                 slots.push(slot);
                 let off = st.geo.slot_offset_bytes(slot);
                 reads.push((id, off));
@@ -242,7 +242,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let unpin = |this: &Self| {
             let mut st = this.st.borrow_mut();
             for s in &slots {
-                st.log.slot_readers[*s as usize] -= 1;
+                st.log.unpin_slot(*s);
             }
         };
         // First the headers (a block or a few per segment) ...

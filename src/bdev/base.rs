@@ -470,6 +470,26 @@ impl SpdkDevice {
         }
     }
 
+    /// A read or write of `buf`: the buffer moves into the operation's slot first, so the
+    /// pointer `op_of` gives the device stays valid for as long as the slot holds it, which is
+    /// until the completion.
+    async fn run_with_buf<B: IoBuf>(
+        &self,
+        dop: DeviceOp,
+        offset_bytes: u64,
+        buf: B,
+        op_of: impl FnOnce(&mut B) -> Op,
+    ) -> IoResult<B> {
+        let len = buf.bytes().len() as u64;
+        if let Err(e) = self.check(dop, offset_bytes, len) {
+            return (buf, Err(e));
+        }
+        let slot = Slot::new(buf);
+        let op = op_of(slot.buf.borrow_mut().as_mut().expect("in the slot"));
+        let r = self.run(op, dop, offset_bytes, len, &slot).await;
+        (slot.take_buf(), r)
+    }
+
     fn check(&self, op: DeviceOp, offset_bytes: u64, len_bytes: u64) -> Result<(), DeviceError> {
         if offset_bytes
             .checked_add(len_bytes)
@@ -499,41 +519,17 @@ impl BlockDevice for SpdkDevice {
     }
 
     async fn read<B: IoBufMut>(&self, offset_bytes: u64, buf: B) -> IoResult<B> {
-        let len = buf.bytes().len() as u64;
-        if let Err(e) = self.check(DeviceOp::Read, offset_bytes, len) {
-            return (buf, Err(e));
-        }
-        // The buffer moves into the slot first: the pointer the device gets stays valid for
-        // as long as the slot holds it, which is until the completion.
-        let slot = Slot::new(buf);
-        let p = slot
-            .buf
-            .borrow_mut()
-            .as_mut()
-            .map(|b| b.bytes_mut().as_mut_ptr())
-            .expect("in the slot");
-        let r = self
-            .run(Op::Read(p), DeviceOp::Read, offset_bytes, len, &slot)
-            .await;
-        (slot.take_buf(), r)
+        self.run_with_buf(DeviceOp::Read, offset_bytes, buf, |b| {
+            Op::Read(b.bytes_mut().as_mut_ptr())
+        })
+        .await
     }
 
     async fn write<B: IoBuf>(&self, offset_bytes: u64, buf: B) -> IoResult<B> {
-        let len = buf.bytes().len() as u64;
-        if let Err(e) = self.check(DeviceOp::Write, offset_bytes, len) {
-            return (buf, Err(e));
-        }
-        let slot = Slot::new(buf);
-        let p = slot
-            .buf
-            .borrow()
-            .as_ref()
-            .map(|b| b.bytes().as_ptr())
-            .expect("in the slot");
-        let r = self
-            .run(Op::Write(p), DeviceOp::Write, offset_bytes, len, &slot)
-            .await;
-        (slot.take_buf(), r)
+        self.run_with_buf(DeviceOp::Write, offset_bytes, buf, |b| {
+            Op::Write(b.bytes().as_ptr())
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<(), DeviceError> {

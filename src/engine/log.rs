@@ -494,17 +494,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Count;
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 
     #[test]
     fn durability_waiters_wake_only_when_durability_moved() {

@@ -472,19 +472,22 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     }
 }
 
+/// A waker that counts its wake-ups (unit tests of the waiter lists).
+#[cfg(test)]
+pub(super) struct Count(pub(super) std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl std::task::Wake for Count {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 
     #[test]
     fn gate_wakes_only_the_new_front_in_order() {

@@ -1,6 +1,8 @@
 //! The sequential cutoff (bcache's and OCF's): a long sequential stream of uncached blocks goes
 //! straight to the backing device once half the cache is dirty, when replay could not resurrect
 //! an older copy over it.
+//!
+//! Owns: [`CutoffState`] (the stream, the `shadowed` invalidations, the bypasses in flight).
 
 use super::*;
 

@@ -2,6 +2,9 @@
 //! it (as a task on the volume's runtime) and returns true when it did. The SPDK glue calls them
 //! from named pollers (`wb_flush`, `wb_writeback`, `wb_sb_record`, `wb_sync`); tests call them
 //! from the simulation loop. Plus the long operations built on them: drop_caches and shutdown.
+//!
+//! Owns: [`BackingLoad`] (foreground utilization of the backing device) and [`RecordState`]
+//! (the superblock record's sequence and timing, the periodic sync).
 
 use super::*;
 use crate::engine::stats::ErrorKind;

@@ -1,5 +1,10 @@
 //! The log: sealing the open buffer into a segment, writing segments (concurrently, completions
 //! tracked contiguously), cache-device FLUSH with group commit, and FLUSH/FUA semantics.
+//!
+//! Owns: [`LogState`] (slots, RAM segment buffers, the open segment, the ids sealed, written,
+//! durable and written back, and the slot-reuse rule: a slot is reused only once it has no
+//! reader, no RAM buffer, and the record says its segment was written back) and
+//! [`Durability`] (group commit, backing-flush coverage, the FLUSH/FUA waiters).
 
 use super::*;
 use crate::engine::stats::ErrorKind;

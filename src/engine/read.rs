@@ -1,6 +1,8 @@
 //! The read path: sectors come from RAM buffers (open or sealed, copied at once), from the cache
 //! device, or from the backing device; contiguous pieces are read with one I/O each. Read misses
 //! of whole blocks may be staged into the log as clean blocks (read caching).
+//!
+//! Owns: [`Staging`] (which in-flight read may stage which block; the sequential run of reads).
 
 use super::*;
 use crate::engine::stats::stat_index;

@@ -1,6 +1,8 @@
 //! Writeback (migration): batches of the oldest durable segments, dirty blocks sorted by backing
 //! LBA, contiguous runs coalesced into one write each, the backing device flushed before
 //! `last_writeback_id` advances. Throttled by foreground load on the backing device.
+//!
+//! Owns: [`WritebackState`] (a batch in flight, its backoff, and what holds writeback back).
 
 use super::writeback_plan::{coalesce, select, Copy, PlannedWrite};
 use super::*;

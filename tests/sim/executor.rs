@@ -105,6 +105,8 @@ pub struct WorldInner {
     /// Running hash of the execution: every poll, timer and device I/O (see [`World::trace`]).
     trace_hash: Cell<u64>,
     trace_events: Cell<u64>,
+    /// The seed the world was made from (choices that must not draw from its stream).
+    seed: u64,
 }
 
 /// The simulated world: clock, randomness, tasks. Cloning shares it.
@@ -119,6 +121,10 @@ pub enum RunEnd {
 }
 
 impl World {
+    pub fn seed(&self) -> u64 {
+        self.0.seed
+    }
+
     pub fn new(seed: u64) -> World {
         World(Rc::new(WorldInner {
             now_ns: Cell::new(0),
@@ -132,6 +138,7 @@ impl World {
             polls: Cell::new(0),
             trace_hash: Cell::new(0xcbf2_9ce4_8422_2325),
             trace_events: Cell::new(0),
+            seed,
         }))
     }
 

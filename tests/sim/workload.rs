@@ -64,6 +64,10 @@ pub struct Swarm {
     pub cache_failure: Option<Dead>,
     /// Plant the canary bug (FLUSH without a cache flush) in every volume.
     pub canary: bool,
+    /// Device reads return the data as of their issue, not their completion (a read that
+    /// overlaps a write may return either on a real device). Chosen from a hash of the seed, not
+    /// from its random stream, so every seed keeps the rest of its run.
+    pub reads_at_issue: bool,
 }
 
 const HOT_SECTORS: u64 = 48;
@@ -144,6 +148,13 @@ impl Swarm {
                 None
             },
             canary: false,
+            reads_at_issue: {
+                // splitmix64's finalizer: one swarm in three.
+                let mut z = world.seed().wrapping_add(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                (z ^ (z >> 31)) % 3 == 0
+            },
         }
     }
 }
@@ -1041,6 +1052,8 @@ fn run_swarm(world: &World, swarm: &Swarm) -> Result<Coverage, Failure> {
             },
         },
     );
+    cache.st.borrow_mut().read_at_issue = swarm.reads_at_issue;
+    backing.st.borrow_mut().read_at_issue = swarm.reads_at_issue;
     let ctx = Rc::new(Ctx {
         world: world.clone(),
         swarm: swarm.clone(),

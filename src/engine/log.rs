@@ -39,10 +39,12 @@ pub(super) struct LogState {
 
 impl LogState {
     /// A device read of a segment in `slot` starts: the slot is not reused until it ends.
+    #[inline]
     pub(super) fn pin_slot(&mut self, slot: u64) {
         self.slot_readers[slot as usize] += 1;
     }
 
+    #[inline]
     pub(super) fn unpin_slot(&mut self, slot: u64) {
         self.slot_readers[slot as usize] -= 1;
     }
@@ -103,6 +105,7 @@ pub(super) struct Durability {
 impl Durability {
     /// The waiters to wake: all of them if `last_durable` or the error generation moved since
     /// they were last woken, else none.
+    #[inline]
     pub(super) fn take_waiters_if_moved(&mut self, last_durable: u64) -> Vec<Waker> {
         let now = (last_durable, self.durability_error_gen);
         if now == self.woken_at {
@@ -125,6 +128,7 @@ const BACKING_FLUSH_ATTEMPTS: u32 = 3;
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// Opens a new segment if none is open, or seals the full one and opens the next.
     /// Returns false when space is not available yet.
+    #[inline]
     pub(super) fn ensure_open_with_room(self: &Rc<Self>, st: &mut State) -> bool {
         if let Some(o) = st.log.open {
             if o.len < st.geo.data_blocks_per_segment() {
@@ -455,6 +459,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 impl State {
     /// Takes the next block of the open segment (the caller made sure it has room): its cache
     /// block number and the open segment.
+    #[inline]
     pub(super) fn append_block(&mut self) -> (u64, OpenSegment) {
         let dpb = self.dpb();
         let o = self.log.open.as_mut().expect("an open segment with room");
@@ -465,6 +470,7 @@ impl State {
     }
 
     /// True when the next segment's slot still holds a segment not (recorded) written back.
+    #[inline]
     pub(super) fn log_full(&self) -> bool {
         let id = self.log.next_id + self.log.open.is_some() as u64;
         let nr = self.geo.nr_segments;
@@ -472,6 +478,7 @@ impl State {
     }
 
     /// True when a segment can be opened (or the open one has room).
+    #[inline]
     pub(super) fn space_available(&self) -> bool {
         if let Some(o) = self.log.open {
             if o.len < self.geo.data_blocks_per_segment() {

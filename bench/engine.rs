@@ -18,30 +18,12 @@ mod executor;
 use std::rc::Rc;
 use std::time::Instant;
 use writeboost::device::mem::MemDevice;
-use writeboost::device::{BlockDevice, DeviceError, DeviceInfo, IoBuf, IoBufMut, IoResult};
+use writeboost::device::BlockDevice;
 use writeboost::engine::{CreateOptions, Volume};
 use writeboost::runtime::LocalRuntime;
 
-#[derive(Clone)]
-struct Mem(Rc<MemDevice>);
-
-impl BlockDevice for Mem {
-    fn info(&self) -> DeviceInfo {
-        self.0.info()
-    }
-    async fn read<B: IoBufMut>(&self, o: u64, b: B) -> IoResult<B> {
-        self.0.read(o, b).await
-    }
-    async fn write<B: IoBuf>(&self, o: u64, b: B) -> IoResult<B> {
-        self.0.write(o, b).await
-    }
-    async fn flush(&self) -> Result<(), DeviceError> {
-        self.0.flush().await
-    }
-    async fn discard(&self, o: u64, l: u64) -> Result<(), DeviceError> {
-        self.0.discard(o, l).await
-    }
-}
+/// The volume runs over shared handles: the test keeps one to inspect the device.
+type Mem = Rc<MemDevice>;
 
 struct Row {
     name: &'static str,
@@ -73,7 +55,7 @@ fn mem_volume(
     let b = Rc::new(MemDevice::new("backing", backing_mib << 20));
     c.prefault();
     b.prefault();
-    let (cc, bb, r) = (Mem(c.clone()), Mem(b), rt.clone());
+    let (cc, bb, r) = (c.clone(), b, rt.clone());
     let (v, _) = rt
         .block_on(async move { Volume::create(cc, bb, r, opts()).await })
         .expect("create");
@@ -263,7 +245,7 @@ fn main() {
     let c = Rc::new(MemDevice::new("cache", (1 << 30) + (1 << 20)));
     let b = Rc::new(MemDevice::new("backing", 8 << 30));
     {
-        let (cc, bb, r) = (Mem(c.clone()), Mem(b.clone()), rt.clone());
+        let (cc, bb, r) = (c.clone(), b.clone(), rt.clone());
         let (vol, _) = rt
             .block_on(async move { Volume::create(cc, bb, r, opts()).await })
             .unwrap();
@@ -282,7 +264,7 @@ fn main() {
     }
     let before = c.bytes_read.get();
     let t = Instant::now();
-    let (cc, bb, r) = (Mem(c.clone()), Mem(b.clone()), rt.clone());
+    let (cc, bb, r) = (c.clone(), b.clone(), rt.clone());
     let (vol, _) = rt
         .block_on(async move { Volume::create(cc, bb, r, opts()).await })
         .unwrap();

@@ -7,24 +7,8 @@ use writeboost::engine::stats::stat_index;
 use writeboost::engine::{CreateError, CreateOptions, Startup, Volume};
 use writeboost::runtime::LocalRuntime;
 
-struct Shared(Rc<MemDevice>);
-impl BlockDevice for Shared {
-    fn info(&self) -> writeboost::device::DeviceInfo {
-        self.0.info()
-    }
-    async fn read<B: IoBufMut>(&self, o: u64, b: B) -> IoResult<B> {
-        self.0.read(o, b).await
-    }
-    async fn write<B: IoBuf>(&self, o: u64, b: B) -> IoResult<B> {
-        self.0.write(o, b).await
-    }
-    async fn flush(&self) -> Result<(), writeboost::device::DeviceError> {
-        self.0.flush().await
-    }
-    async fn discard(&self, o: u64, l: u64) -> Result<(), writeboost::device::DeviceError> {
-        self.0.discard(o, l).await
-    }
-}
+/// The volume runs over shared handles: the test keeps one to inspect the device.
+type Shared = Rc<MemDevice>;
 
 fn devs(cache_mib: u64, backing_mib: u64) -> (Rc<MemDevice>, Rc<MemDevice>) {
     (
@@ -41,7 +25,7 @@ fn create(
     b: &Rc<MemDevice>,
     opts: CreateOptions,
 ) -> (Vol, Startup) {
-    let (c, b, r) = (Shared(c.clone()), Shared(b.clone()), rt.clone());
+    let (c, b, r) = (c.clone(), b.clone(), rt.clone());
     rt.block_on(async move { Volume::create(c, b, r, opts).await.expect("create") })
 }
 
@@ -361,7 +345,7 @@ fn create_refuses_garbage_wrong_backing_and_changed_geometry_without_writing() {
         });
     }
     let before = garbage.snapshot();
-    let (g, bb, r) = (Shared(garbage.clone()), Shared(b.clone()), rt.clone());
+    let (g, bb, r) = (garbage.clone(), b.clone(), rt.clone());
     let e = run(&rt, async move {
         Volume::create(g, bb, r, CreateOptions::default())
             .await
@@ -380,7 +364,7 @@ fn create_refuses_garbage_wrong_backing_and_changed_geometry_without_writing() {
     drop(vol);
     let other = Rc::new(MemDevice::new("other", 128 << 20));
     let before = c.snapshot();
-    let (cc, oo, r) = (Shared(c.clone()), Shared(other), rt.clone());
+    let (cc, oo, r) = (c.clone(), other, rt.clone());
     let e = run(&rt, async move {
         Volume::create(cc, oo, r, CreateOptions::default())
             .await
@@ -392,7 +376,7 @@ fn create_refuses_garbage_wrong_backing_and_changed_geometry_without_writing() {
         segment_size_kib: Some(256),
         ..CreateOptions::default()
     };
-    let (cc, bb, r) = (Shared(c.clone()), Shared(b.clone()), rt.clone());
+    let (cc, bb, r) = (c.clone(), b.clone(), rt.clone());
     let e = run(&rt, async move { Volume::create(cc, bb, r, o).await.err() });
     assert!(
         matches!(e, Some(CreateError::GeometryChanged { .. })),
@@ -500,7 +484,7 @@ fn unbound_format_binds_to_the_first_backing_device_with_its_geometry() {
     let rt = LocalRuntime::new();
     let (c, b) = devs(16, 64);
     {
-        let cc = Shared(c.clone());
+        let cc = c.clone();
         run(&rt, async move {
             writeboost::engine::format_cache(&cc, None, 64, [9; 16])
                 .await
@@ -525,7 +509,7 @@ fn unbound_format_binds_to_the_first_backing_device_with_its_geometry() {
     drop(vol);
     // Now bound: another backing device is refused.
     let other = Rc::new(MemDevice::new("other", 128 << 20));
-    let (cc, oo, r) = (Shared(c.clone()), Shared(other), rt.clone());
+    let (cc, oo, r) = (c.clone(), other, rt.clone());
     let e = run(&rt, async move {
         Volume::create(cc, oo, r, CreateOptions::default())
             .await
@@ -1031,7 +1015,7 @@ fn a_power_cut_after_a_degraded_write_through_never_replays_the_superseded_copy(
         drop(vol); // power cut: no shutdown
     }
     let rt = LocalRuntime::new();
-    let (cs, bs, r) = (Shared(c.clone()), Shared(b.clone()), rt.clone());
+    let (cs, bs, r) = (c.clone(), b.clone(), rt.clone());
     let got = rt.block_on(async move { Volume::create(cs, bs, r, CreateOptions::default()).await });
     match got {
         Err(CreateError::SupersededCopiesInLog) => {}

@@ -142,15 +142,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     fn try_open_segment(&self, st: &mut State) -> bool {
         debug_assert!(st.log.open.is_none());
         let id = st.log.next_id;
-        let slot = st.geo.slot_of_id(id);
-        let nr = st.geo.nr_segments;
-        if st.log.free_bufs.is_empty()
-            || (id > nr && st.log.recorded_writeback < id - nr)
-            || st.log.slot_readers[slot as usize] != 0
-            || st.log.slot_buf[slot as usize] != NO_BUF
-        {
+        if !st.can_open(id) {
             return false;
         }
+        let slot = st.geo.slot_of_id(id);
         let buf = st.log.free_bufs.pop().expect("checked");
         // Evict what the slot held: all of it is clean (written back).
         let dpb = st.dpb();
@@ -485,10 +480,16 @@ impl State {
                 return true;
             }
         }
-        let id = self.log.next_id + self.log.open.is_some() as u64;
+        // Sealing the open segment frees nothing, so a buffer must be free besides it.
+        self.can_open(self.log.next_id + self.log.open.is_some() as u64)
+    }
+
+    /// The slot-reuse rule: segment `id` may be opened when a RAM buffer is free and its slot
+    /// has no reader, no RAM buffer, and holds a segment the record says was written back.
+    #[inline]
+    fn can_open(&self, id: u64) -> bool {
         let slot = self.geo.slot_of_id(id) as usize;
         let nr = self.geo.nr_segments;
-        // Sealing the open segment frees nothing, so a buffer must be free besides it.
         !self.log.free_bufs.is_empty()
             && (id <= nr || self.log.recorded_writeback >= id - nr)
             && self.log.slot_readers[slot] == 0

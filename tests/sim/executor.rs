@@ -121,8 +121,10 @@ pub enum RunEnd {
 }
 
 impl World {
-    pub fn seed(&self) -> u64 {
-        self.0.seed
+    /// A hash of the seed (SplitMix64's first output from it), for choices that must not draw
+    /// from the world's random stream (so that every other choice of the seed stays the same).
+    pub fn seed_hash(&self) -> u64 {
+        Rng(self.0.seed).next_u64()
     }
 
     pub fn new(seed: u64) -> World {

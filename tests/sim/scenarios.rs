@@ -8,7 +8,7 @@
 use crate::disk::{AimedFault, DiskConfig, Latency, SimDisk};
 use crate::executor::{SimRuntime, World};
 use crate::model::{decode, sector_bytes, Allowed, Model, UNDEF};
-use writeboost::engine::{CreateError, CreateOptions, Options, Volume};
+use writeboost::engine::{CreateError, CreateOptions, Options, Startup, Volume};
 use writeboost::format::RECORD_OFFSETS_BYTES;
 
 type Vol = Volume<SimDisk, SimRuntime>;
@@ -90,6 +90,11 @@ impl Rig {
 
     /// Creates the volume and starts a poller (the daemons' step functions) for it.
     fn create(&mut self, options: Options) -> Result<Vol, CreateError> {
+        self.create_with_startup(options).map(|(v, _)| v)
+    }
+
+    /// `create`, saying whether the cache was formatted or resumed.
+    fn create_with_startup(&mut self, options: Options) -> Result<(Vol, Startup), CreateError> {
         self.creates += 1;
         let mut uuid = [0u8; 16];
         uuid[0] = self.creates as u8;
@@ -106,7 +111,7 @@ impl Rig {
             self.backing.clone(),
             SimRuntime(self.world.clone()),
         );
-        let (v, _) = self
+        let (v, startup) = self
             .world
             .block_on(async move { Volume::create(c, b, rt, opts).await })
             .expect("create stalled")?;
@@ -119,7 +124,7 @@ impl Rig {
                 w.after(d).await;
             }
         });
-        Ok(v)
+        Ok((v, startup))
     }
 
     fn write(&mut self, vol: &Vol, s: u64, len: u64, fua: bool) -> u64 {
@@ -1034,7 +1039,7 @@ fn a_flush_that_waits_on_a_failing_segment_fails_and_never_hangs() {
 fn a_format_cut_short_leaves_the_old_cache_or_a_blank_one_never_a_damaged_log() {
     use std::cell::Cell;
     use std::rc::Rc;
-    use writeboost::engine::{format_cache, Startup};
+    use writeboost::engine::format_cache;
     for seed in 0..3 {
         for (what, start) in [("superblock", 0), ("first record", RECORD_OFFSETS_BYTES[0])] {
             let mut rig = Rig::new(seed, 16, 16, 1);
@@ -1061,26 +1066,9 @@ fn a_format_cut_short_leaves_the_old_cache_or_a_blank_one_never_a_damaged_log() 
             assert!(done.get().is_none(), "scenario: the format is in flight");
             rig.power_cut();
             rig.cache.st.borrow_mut().slow_writes.clear();
-            rig.creates += 1;
-            let opts = CreateOptions {
-                options: options(),
-                segment_size_kib: Some(16),
-                new_format_uuid: [rig.creates as u8; 16],
-                nr_ram_buffers: 4,
-                ..CreateOptions::default()
-            };
-            let (c, b, rt) = (
-                rig.cache.clone(),
-                rig.backing.clone(),
-                SimRuntime(rig.world.clone()),
-            );
-            let (vol, startup) = rig
-                .world
-                .block_on(async move { Volume::create(c, b, rt, opts).await })
-                .expect("create stalled")
-                .unwrap_or_else(|e| {
-                    panic!("seed {seed}: create after a format cut short at its {what} write: {e}")
-                });
+            let (vol, startup) = rig.create_with_startup(options()).unwrap_or_else(|e| {
+                panic!("seed {seed}: create after a format cut short at its {what} write: {e}")
+            });
             let expect = if start == 0 {
                 Startup::Resumed
             } else {

@@ -245,7 +245,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                 }
             }
             inner.st.borrow_mut().wb.writeback_in_flight = true;
-            if let Err(e) = inner.writeback_batch().await {
+            if let Err(e) = inner.writeback_batch(false).await {
                 failures += 1;
                 if failures >= DROP_CACHES_MAX_FAILURES {
                     return Err(e);

@@ -167,6 +167,18 @@ struct Hooks {
     /// Acknowledge FLUSH/FUA without flushing the cache device (a planted bug the simulation
     /// must catch).
     skip_cache_flush: bool,
+    /// Overrides the measured choice between writing back and re-logging.
+    reclaim: Option<ReclaimChoice>,
+}
+
+/// How a reclaim batch treats the live dirty blocks of the segments it frees (test hook).
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReclaimChoice {
+    /// Re-log them whenever the rules allow it (not degraded, not draining, room at the head).
+    Relog,
+    /// Always write them back (the engine before re-logging existed).
+    WriteBack,
 }
 
 struct Inner<D: BlockDevice, R: Runtime> {
@@ -326,6 +338,13 @@ impl State {
         #[cfg(not(feature = "test-hooks"))]
         false
     }
+    /// The test hook's override of the reclaim choice, if any.
+    fn reclaim_override(&self) -> Option<bool> {
+        #[cfg(feature = "test-hooks")]
+        return self.hooks.reclaim.map(|c| c == ReclaimChoice::Relog);
+        #[cfg(not(feature = "test-hooks"))]
+        None
+    }
     fn writeback_unsorted(&self) -> bool {
         #[cfg(feature = "test-hooks")]
         return self.hooks.writeback_unsorted;
@@ -410,6 +429,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     #[cfg(feature = "test-hooks")]
     pub fn set_writeback_unsorted(&self, unsorted: bool) {
         self.inner.st.borrow_mut().hooks.writeback_unsorted = unsorted;
+    }
+
+    /// For the simulation and benchmarks: re-log whenever allowed, or never, instead of
+    /// choosing by measured cost (`None`).
+    #[cfg(feature = "test-hooks")]
+    pub fn set_reclaim_choice(&self, choice: Option<ReclaimChoice>) {
+        self.inner.st.borrow_mut().hooks.reclaim = choice;
     }
 
     pub fn clear_stats(&self) {

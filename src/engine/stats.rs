@@ -57,6 +57,11 @@ pub struct Counters {
     pub degraded_transitions: u64,
     /// Dirty blocks not durable on the cache that a degraded FLUSH wrote to the backing device.
     pub rescued_blocks: u64,
+    /// Live dirty blocks that reclaim moved to the head of the log instead of writing them back
+    /// (log cleaning without the backing device).
+    pub relogged_blocks: u64,
+    /// Reclaim batches that re-logged (the others wrote back: `writeback_batches`).
+    pub relog_batches: u64,
 }
 
 /// The error counters, by device and operation.

@@ -1,10 +1,17 @@
-//! Writeback (migration): batches of the oldest durable segments, dirty blocks sorted by backing
-//! LBA, contiguous runs coalesced into one write each, the backing device flushed before
-//! `last_writeback_id` advances. Throttled by foreground load on the backing device.
+//! Reclaim: batches of the oldest durable segments. Writeback (migration) writes their live
+//! dirty blocks to the backing device, sorted by backing LBA, contiguous runs coalesced into one
+//! write each, the backing device flushed before `last_writeback_id` advances; throttled by
+//! foreground load on the backing device. When log space is short and the backing device is slow
+//! (measured), a batch re-logs its live dirty blocks instead: it appends them at the head of the
+//! log, makes the head durable, and then advances `last_writeback_id` the same way (log cleaning
+//! without the backing device).
 //!
-//! Owns: [`WritebackState`] (a batch in flight, its backoff, and what holds writeback back).
+//! Owns: [`WritebackState`] (a batch in flight, its backoff, what holds writeback back, and the
+//! measured costs that choose between writing back and re-logging).
 
-use super::writeback_plan::{coalesce, select, Copy, PlannedWrite};
+use super::writeback_plan::{
+    coalesce, relog_is_cheaper, select, Copy, Item, PlannedWrite, ReclaimCosts,
+};
 use super::*;
 use crate::engine::stats::ErrorKind;
 use crate::format::SegmentHeader;
@@ -23,6 +30,26 @@ pub(super) struct WritebackState {
     /// Degraded write-throughs in flight over blocks with cached copies: writeback starts no
     /// batch meanwhile (it could not write those blocks back, nor mark their segments done).
     pub(super) write_through_over_cached: u32,
+    /// Measured (moving averages): how long a writeback batch takes, and re-logging per block.
+    pub(super) writeback_batch_ns: u64,
+    pub(super) relog_ns_per_block: u64,
+    /// The last batch that ran for space re-logged: background writeback then starts only while
+    /// the free segments cover what the foreground fills during one writeback batch, so that a
+    /// slow batch never leaves writers waiting for space.
+    pub(super) relog_favoured: bool,
+    /// Segments sealed per second (moving average), and the (time, `last_sealed`) it was last
+    /// sampled at.
+    pub(super) seal_rate_per_s: u64,
+    pub(super) seal_sample: (u64, u64),
+}
+
+/// Moving average with weight 1/4 for the new sample (the first sample is taken as it is).
+fn ewma(avg: u64, sample: u64) -> u64 {
+    if avg == 0 {
+        sample
+    } else {
+        avg - avg / 4 + sample / 4
+    }
 }
 
 /// Device operations in flight per batch: deep enough to keep a slow backing device busy (a
@@ -114,18 +141,84 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             .collect()
     }
 
-    /// Whether a batch should start now.
-    fn writeback_wanted(&self, st: &State, now_ns: u64) -> bool {
+    /// Whether a batch that runs for space re-logs its live dirty blocks (`items` as selected;
+    /// `last_id`: its last segment): never when degraded, draining or in write-around mode;
+    /// otherwise by measured cost ([`relog_is_cheaper`]) unless a test hook decides.
+    fn relog_chosen(&self, items: &[Item], last_id: u64) -> bool {
+        let st = self.st.borrow();
+        if st.health.degraded.is_some()
+            || st.wb.drop_caches_active > 0
+            || st.wb.shutting_down
+            || st.opts.write_around_mode
+        {
+            return false;
+        }
+        if let Some(relog) = st.reclaim_override() {
+            return relog;
+        }
+        let dpb = st.dpb();
+        let used = st.log.open.map(|o| o.id).unwrap_or(st.log.next_id) - 1 - st.log.last_writeback;
+        let free = st.geo.nr_segments.saturating_sub(used);
+        relog_is_cheaper(ReclaimCosts {
+            live_dirty: items.iter().filter(|it| it.current).count() as u64,
+            batch_blocks: (last_id - st.log.last_writeback) * dpb,
+            head_room_blocks: free.saturating_sub(1) * dpb,
+            writeback_batch_ns: st.wb.writeback_batch_ns,
+            relog_ns_per_block: st.wb.relog_ns_per_block,
+        })
+    }
+
+    /// Appends the current copies among `items` (sorted in log order; their data in `bufs`) at
+    /// the head of the log, each with its valid and dirty bits, and maps the block there. A copy
+    /// that is no longer current (written or discarded meanwhile) is dropped: its newer state is
+    /// in the log or on the backing device. What finds no room at the head (or meets a degraded
+    /// volume) stays in `items`, to be written back. Returns how many were re-logged.
+    fn relog_items(self: &Rc<Self>, items: &mut Vec<Item>, bufs: &[Rc<AlignedBuf>]) -> u64 {
+        let mut st = self.st.borrow_mut();
+        let mut relogged = 0;
+        let mut left = Vec::new();
+        for it in items.drain(..) {
+            if st.index.lookup(it.block) != Some(it.cb) {
+                continue;
+            }
+            if st.health.degraded.is_some() || !self.ensure_open_with_room(&mut st) {
+                left.push(it);
+                continue;
+            }
+            let (cb, o) = st.append_block();
+            let off = st.cb_buf_offset(cb);
+            st.log.bufs[o.buf].bytes_mut()[off..off + BLOCK]
+                .copy_from_slice(&bufs[it.buf][it.off..it.off + BLOCK]);
+            let (valid, dirty) = (st.index.valid(it.cb), st.index.dirty(it.cb));
+            st.index.remove(it.cb);
+            st.index.insert(it.block, cb, valid, dirty);
+            relogged += 1;
+        }
+        *items = left;
+        relogged
+    }
+
+    /// Whether a batch should start now: `Some(for_space)`, where `for_space` says that log space
+    /// is short (the batch may re-log).
+    fn writeback_wanted(&self, st: &mut State, now_ns: u64) -> Option<bool> {
         if st.wb.shutting_down
             || st.wb.writeback_in_flight
             || st.wb.write_through_over_cached > 0
             || now_ns < st.wb.writeback_retry_at_ns
         {
-            return false;
+            return None;
         }
         // Degraded write-throughs and FLUSH rescues wait in the gate for writeback to pause.
         if st.health.degraded.is_some() && !st.gate.is_empty() {
-            return false;
+            return None;
+        }
+        // How fast the foreground fills segments (sampled every 10 ms or more).
+        let (at, sealed) = st.wb.seal_sample;
+        if now_ns >= at + 10_000_000 {
+            let rate = (st.log.last_sealed.saturating_sub(sealed) as u128 * 1_000_000_000
+                / (now_ns - at).max(1) as u128) as u64;
+            st.wb.seal_rate_per_s = ewma(st.wb.seal_rate_per_s, rate).max(rate / 4);
+            st.wb.seal_sample = (now_ns, st.log.last_sealed);
         }
         let used = st.log.open.map(|o| o.id).unwrap_or(st.log.next_id) - 1 - st.log.last_writeback;
         let free = st.geo.nr_segments.saturating_sub(used);
@@ -136,21 +229,34 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             .max(st.opts.nr_max_batched_writeback + st.log.bufs.len() as u64)
             .min(st.geo.nr_segments / 2)
             .max(2);
-        let urgent = st.wb.drop_caches_active > 0
-            || (st.wb.space_waiters > 0 && st.log_full())
-            || free < low_water;
+        // While re-logging is what keeps space free, a (slow) writeback batch starts only with
+        // room for what the foreground fills meanwhile; below that, batches run for space.
+        let reserve = if st.wb.relog_favoured {
+            (st.wb.seal_rate_per_s as u128 * st.wb.writeback_batch_ns as u128 / 1_000_000_000)
+                as u64
+        } else {
+            0
+        };
+        let for_space = (st.wb.space_waiters > 0 && st.log_full())
+            || free
+                < (low_water + reserve)
+                    .min(st.geo.nr_segments / 2)
+                    .max(low_water);
+        let urgent = st.wb.drop_caches_active > 0 || for_space;
         let background = st.opts.writeback_threshold > 0
             && st.load.backing_util_pct < st.opts.writeback_threshold;
-        urgent || background
+        (urgent || background).then_some(for_space)
     }
 
     /// Starts a writeback batch in the background if one is wanted. Returns true if it did.
     pub(super) fn maybe_start_writeback(self: &Rc<Self>) -> bool {
         let now = self.rt.now_ns();
+        let for_space;
         {
             let mut st = self.st.borrow_mut();
-            if !self.writeback_wanted(&st, now) {
-                return false;
+            match self.writeback_wanted(&mut st, now) {
+                Some(s) => for_space = s,
+                None => return false,
             }
             if st.log.last_durable <= st.log.last_writeback
                 && st.log.recorded_writeback >= st.log.last_writeback
@@ -168,14 +274,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let this = self.clone();
         self.st.borrow_mut().wb.writeback_in_flight = true;
         self.rt.spawn(Box::pin(async move {
-            let _ = this.writeback_batch().await;
+            let _ = this.writeback_batch(for_space).await;
         }));
         true
     }
 
-    /// One batch. The caller set `writeback_in_flight`; this clears it.
-    pub(super) async fn writeback_batch(self: &Rc<Self>) -> Result<u64, IoError> {
-        let r = self.writeback_batch_inner().await;
+    /// One batch. The caller set `writeback_in_flight`; this clears it. `for_space`: log space
+    /// is short, so the batch may re-log instead of writing back.
+    pub(super) async fn writeback_batch(self: &Rc<Self>, for_space: bool) -> Result<u64, IoError> {
+        let r = self.writeback_batch_inner(for_space).await;
         let now = self.rt.now_ns();
         {
             let mut st = self.st.borrow_mut();
@@ -198,7 +305,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         r
     }
 
-    async fn writeback_batch_inner(self: &Rc<Self>) -> Result<u64, IoError> {
+    async fn writeback_batch_inner(self: &Rc<Self>, for_space: bool) -> Result<u64, IoError> {
+        let started_ns = self.rt.now_ns();
         // Make every written segment durable first: a copy superseded by a durable newer copy
         // need not be written back, and without FLUSHes from the host most would not be.
         let written = self.st.borrow().log.last_written;
@@ -319,6 +427,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 },
             )
         };
+        let relog = for_space && self.relog_chosen(&items, last_id);
+        if relog {
+            // Superseded copies need no writing: the head, which holds their newer copies, is
+            // made durable before this batch's segments are given up.
+            items.retain(|it| it.current);
+        }
         // ... then the data blocks needed: one read per run of adjacent needed blocks (reading
         // whole segments would copy mostly superseded data).
         items.sort_unstable_by_key(|it| (it.buf, it.off));
@@ -356,6 +470,22 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         if let Some(e) = first_err {
             return Err(IoError::cache(e));
+        }
+        let mut relogged = 0u64;
+        if relog {
+            relogged = self.relog_items(&mut items, &bufs);
+            // The re-logged copies, and the newer copies of what this batch skipped, must be
+            // durable before the batch's segments may be replaced.
+            let target = {
+                let st = self.st.borrow();
+                match st.log.open {
+                    Some(o) if o.len > 0 => o.id,
+                    _ => st.log.last_sealed,
+                }
+            };
+            if target > self.st.borrow().log.last_durable {
+                self.make_durable(target, true).await?;
+            }
         }
         // Sort by backing LBA and coalesce.
         if self.st.borrow().writeback_unsorted() {
@@ -445,7 +575,26 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
             st.log.last_writeback = last_id;
             st.counters.bytes_written_back += bytes;
-            st.counters.writeback_batches += 1;
+            if relog {
+                st.counters.relog_batches += 1;
+                st.counters.relogged_blocks += relogged;
+            } else {
+                st.counters.writeback_batches += 1;
+            }
+            // Measure what the choice rests on.
+            let took = self.rt.now_ns().saturating_sub(started_ns).max(1);
+            if relog {
+                if relogged > 0 {
+                    st.wb.relog_ns_per_block = ewma(st.wb.relog_ns_per_block, took / relogged);
+                }
+            } else if bytes > 0 {
+                st.wb.writeback_batch_ns = ewma(st.wb.writeback_batch_ns, took);
+                // Re-logging is tried again from time to time.
+                st.wb.relog_ns_per_block -= st.wb.relog_ns_per_block / 8;
+            }
+            if for_space {
+                st.wb.relog_favoured = relog;
+            }
         }
         // Slots of these segments may be reused only once this is durably recorded. A degraded
         // volume reuses no slot (it caches nothing new): a record it cannot write does not stop

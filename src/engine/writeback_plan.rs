@@ -1,5 +1,7 @@
-//! Writeback planning, pure over headers and the index's answers: which copies a batch writes
-//! ([`select`]) and how sorted copies become backing writes ([`coalesce`]).
+//! Reclaim planning, pure over headers, the index's answers and measured costs: which copies a
+//! batch writes ([`select`]), how sorted copies become backing writes ([`coalesce`]), and
+//! whether a batch re-logs its live dirty blocks instead of writing them back
+//! ([`relog_is_cheaper`]).
 
 use super::{runs, BLOCK};
 use crate::format::SegmentHeader;
@@ -80,6 +82,44 @@ pub(super) fn select(
     items
 }
 
+/// Re-logging moves at most this share of a batch's blocks: a batch must free more than it
+/// takes at the head (and a log nearly all live is cleaned by writing back).
+pub(super) const RELOG_MAX_LIVE_PCT: u64 = 50;
+
+/// What the choice between writing back and re-logging a batch rests on.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReclaimCosts {
+    /// Live dirty blocks the batch would move (or write back).
+    pub(super) live_dirty: u64,
+    /// Data blocks the batch's segments can hold.
+    pub(super) batch_blocks: u64,
+    /// Blocks the head can take without waiting for space (free segments, less one).
+    pub(super) head_room_blocks: u64,
+    /// Measured: how long a writeback batch takes (0: not measured yet).
+    pub(super) writeback_batch_ns: u64,
+    /// Measured: how long re-logging takes per block (0: not measured yet).
+    pub(super) relog_ns_per_block: u64,
+}
+
+/// Whether re-logging the batch's live dirty blocks frees log space faster than writing them
+/// back: writeback frees the batch's segments in one batch time; re-logging frees only the
+/// share not re-logged (`1 - live`), so its time counts `1 / (1 - live)` times. Never when the
+/// head has no room for them or when more than [`RELOG_MAX_LIVE_PCT`] % of the batch is live.
+/// Before writeback was measured, writeback is chosen (its measurement is what decides). Pure.
+pub(super) fn relog_is_cheaper(c: ReclaimCosts) -> bool {
+    if c.batch_blocks == 0
+        || c.live_dirty > c.head_room_blocks
+        || c.live_dirty * 100 > c.batch_blocks * RELOG_MAX_LIVE_PCT
+        || c.writeback_batch_ns == 0
+    {
+        return false;
+    }
+    let relog_ns = (c.live_dirty as u128) * (c.relog_ns_per_block as u128);
+    // relog_ns / (1 - live/batch) < writeback_ns, in integers.
+    relog_ns * (c.batch_blocks as u128)
+        < (c.writeback_batch_ns as u128) * ((c.batch_blocks - c.live_dirty) as u128)
+}
+
 /// One backing write of a batch, over `items` (sorted by backing block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PlannedWrite {
@@ -144,6 +184,50 @@ mod tests {
                 .collect(),
             header_crc: 0,
         }
+    }
+
+    fn costs(live_dirty: u64, wb_ns: u64, relog_ns: u64) -> ReclaimCosts {
+        ReclaimCosts {
+            live_dirty,
+            batch_blocks: 1000,
+            head_room_blocks: 10_000,
+            writeback_batch_ns: wb_ns,
+            relog_ns_per_block: relog_ns,
+        }
+    }
+
+    #[test]
+    fn relog_is_chosen_by_time_per_freed_segment() {
+        // 100 live of 1000: re-logging 100 blocks at 1 us frees 900 blocks in 100 us; a batch
+        // of writeback takes 30 ms: re-log.
+        assert!(relog_is_cheaper(costs(100, 30_000_000, 1_000)));
+        // A fast backing device: writeback in 100 us beats re-logging 100 blocks at 2 us
+        // (200 us for 90 % of the space).
+        assert!(!relog_is_cheaper(costs(100, 100_000, 2_000)));
+        // The boundary: 400 live at 1 us = 400 us for 60 % => 666 us per batch's worth.
+        assert!(!relog_is_cheaper(costs(400, 666_000, 1_000)));
+        assert!(relog_is_cheaper(costs(400, 667_000, 1_000)));
+    }
+
+    #[test]
+    fn relog_needs_a_measured_writeback_room_and_a_mostly_dead_batch() {
+        // Writeback not measured yet: write back (and measure).
+        assert!(!relog_is_cheaper(costs(10, 0, 1)));
+        // More than half live: writing back is what cleans such a log.
+        assert!(relog_is_cheaper(costs(500, u64::MAX / 4, 1)));
+        assert!(!relog_is_cheaper(costs(501, u64::MAX / 4, 1)));
+        // No room at the head for what it would move.
+        let mut c = costs(100, 30_000_000, 1);
+        c.head_room_blocks = 99;
+        assert!(!relog_is_cheaper(c));
+        c.head_room_blocks = 100;
+        assert!(relog_is_cheaper(c));
+        // An empty batch frees nothing either way.
+        c.batch_blocks = 0;
+        c.live_dirty = 0;
+        assert!(!relog_is_cheaper(c));
+        // Nothing live: re-logging is free.
+        assert!(relog_is_cheaper(costs(0, 1, 1_000_000)));
     }
 
     fn item(block: u64, dirty: u8) -> Item {

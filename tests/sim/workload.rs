@@ -12,7 +12,7 @@ use crate::executor::{RunEnd, SimRuntime, World};
 use crate::model::{decode, sector_bytes, Allowed, Model, UNDEF};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use writeboost::engine::{ConfigError, CreateError, CreateOptions, Options, Volume};
+use writeboost::engine::{ConfigError, CreateError, CreateOptions, Options, ReclaimChoice, Volume};
 
 pub type Vol = Volume<SimDisk, SimRuntime>;
 
@@ -68,6 +68,10 @@ pub struct Swarm {
     /// overlaps a write may return either on a real device). Chosen from a hash of the seed, not
     /// from its random stream, so every seed keeps the rest of its run.
     pub reads_at_issue: bool,
+    /// How reclaim batches that run for space treat live dirty blocks: re-log whenever allowed,
+    /// always write back, or choose by measured cost (`None`). From the seed's hash, like
+    /// `reads_at_issue`.
+    pub reclaim: Option<ReclaimChoice>,
 }
 
 const HOT_SECTORS: u64 = 48;
@@ -150,6 +154,12 @@ impl Swarm {
             canary: false,
             // One swarm in three.
             reads_at_issue: world.seed_hash() % 3 == 0,
+            // Half re-log whenever they may, a quarter by measured cost, a quarter never.
+            reclaim: match (world.seed_hash() >> 8) % 4 {
+                0 => Some(ReclaimChoice::WriteBack),
+                1 => None,
+                _ => Some(ReclaimChoice::Relog),
+            },
         }
     }
 }
@@ -239,6 +249,9 @@ pub struct Coverage {
     pub reads_failed_cache_gone: u64,
     /// Bypassed writes the engine retried in the log after the backing device failed them.
     pub bypass_retried_in_log: u64,
+    /// Live dirty blocks reclaim moved to the head of the log, and the seeds that did it.
+    pub relogged_blocks: u64,
+    pub seeds_relogged: u64,
 }
 
 impl Coverage {
@@ -274,7 +287,9 @@ impl Coverage {
             seeds_cache_failure,
             seeds_degraded,
             reads_failed_cache_gone,
-            bypass_retried_in_log
+            bypass_retried_in_log,
+            relogged_blocks,
+            seeds_relogged
         );
         self.ns_to_degraded_max = self.ns_to_degraded_max.max(o.ns_to_degraded_max);
     }
@@ -769,6 +784,7 @@ fn power_cut(ctx: &Ctx, cache: &SimDisk, backing: &SimDisk) {
 fn retire(ctx: &Ctx, vol: &Vol) {
     let c = vol.status().counters;
     ctx.cov.borrow_mut().bypass_retried_in_log += c.bypass_retried_in_log;
+    ctx.cov.borrow_mut().relogged_blocks += c.relogged_blocks;
     ctx.staged.set(ctx.staged.get() + c.staged_blocks);
     ctx.bypassed.set(ctx.bypassed.get() + c.bytes_bypassed);
 }
@@ -832,6 +848,7 @@ fn open_volume(
             cache.st.borrow().read_errors - read_errors_before;
         match r {
             Created::Ok(vol) => {
+                vol.set_reclaim_choice(swarm.reclaim);
                 vol.check_invariants();
                 verify_all(ctx, &vol, crashed, "recovery lost or resurrected data")?;
                 ctx.superseded.set(false);
@@ -1449,6 +1466,7 @@ fn run_epochs(ctx: &Rc<Ctx>, cache: &SimDisk, backing: &SimDisk) -> Result<Cover
     cov.bypassed_bytes = ctx.bypassed.get();
     cov.seeds_bypassed = (ctx.bypassed.get() > 0) as u64;
     cov.seeds_staged = (ctx.staged.get() > 0) as u64;
+    cov.seeds_relogged = (cov.relogged_blocks > 0) as u64;
     cov.seeds_staged_and_bypassed = (ctx.staged.get() > 0 && ctx.bypassed.get() > 0) as u64;
     cov.seeds_multi_chunk_zeroes_bypassed =
         (ctx.multi_chunk_zeroes.get() > 0 && ctx.bypassed.get() > 0) as u64;

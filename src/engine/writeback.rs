@@ -584,8 +584,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             // Measure what the choice rests on.
             let took = self.rt.now_ns().saturating_sub(started_ns).max(1);
             if relog {
-                if relogged > 0 {
-                    st.wb.relog_ns_per_block = ewma(st.wb.relog_ns_per_block, took / relogged);
+                if let Some(per_block) = took.checked_div(relogged) {
+                    st.wb.relog_ns_per_block = ewma(st.wb.relog_ns_per_block, per_block);
                 }
             } else if bytes > 0 {
                 st.wb.writeback_batch_ns = ewma(st.wb.writeback_batch_ns, took);

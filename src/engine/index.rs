@@ -102,7 +102,11 @@ impl Index {
         debug_assert!(block != NO_BLOCK);
         let mut i = hash(block) as usize & self.mask;
         while self.table[i] != cb as u32 {
-            debug_assert!(self.table[i] != EMPTY, "mapped block missing from table");
+            // Checked in release builds too: a broken caller would otherwise spin here forever.
+            assert!(
+                self.table[i] != EMPTY,
+                "cache block {cb} (block {block}) missing from the table"
+            );
             i = (i + 1) & self.mask;
         }
         let mut hole = i;

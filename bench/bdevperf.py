@@ -332,7 +332,8 @@ def run_row(args, s: Scenario, r: Row, w: Workload, time_s: int, logdir: Path) -
 
 
 WB_STAT_KEYS = ("bytes_written", "bytes_written_back", "bytes_cache_written", "bytes_cache_read",
-                "bytes_backing_read", "writeback_batches", "segments_written",
+                "bytes_backing_read", "writeback_batches", "relog_batches", "relogged_blocks",
+                "segments_written",
                 "write_waits_for_space", "nr_dirty_cache_blocks", "nr_cache_blocks", "nr_segments")
 
 
@@ -355,7 +356,9 @@ def wb_note(x: RunResult) -> str:
     if not s or "error" in s or not s.get("bytes_written"):
         return ""
     wb = s["bytes_written_back"] / s["bytes_written"]
-    return (f"written back {wb:.0%} of written, cache read {s['bytes_cache_read'] / 2**20:,.0f} MiB, "
+    relog = (s.get("relogged_blocks") or 0) * 4096 / s["bytes_written"]
+    return (f"written back {wb:.0%} of written, re-logged {relog:.0%}, "
+            f"cache read {s['bytes_cache_read'] / 2**20:,.0f} MiB, "
             f"{s['write_waits_for_space']} waits for space")
 
 
@@ -607,6 +610,8 @@ def main() -> int:
                     help="run only this scenario (repeatable)")
     ap.add_argument("--workload", action="append", choices=list(WORKLOADS),
                     help="run only this workload (repeatable)")
+    ap.add_argument("--row", action="append",
+                    help="run only these rows (e.g. writeboost, ocf; repeatable)")
     ap.add_argument("--time", type=int, help="seconds per row, overriding every scenario's")
     ap.add_argument("--repeat", type=int, default=1, help="runs per row; the median is reported")
     ap.add_argument("--spdk-dir", type=Path, default=Path(os.environ.get("SPDK_DIR", "/opt/spdk")))
@@ -653,6 +658,8 @@ def main() -> int:
             if args.workload and wk not in args.workload:
                 continue
             for r in s.rows:
+                if args.row and r.key not in args.row:
+                    continue
                 plan.append((s, r, WORKLOADS[wk], t))
     est = sum(t + 3 for *_, t in plan) * args.repeat
     print(f"{len(plan)} rows x {args.repeat}, about {est // 60} min {est % 60} s")

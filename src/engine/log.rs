@@ -484,6 +484,30 @@ impl State {
         self.can_open(self.log.next_id + self.log.open.is_some() as u64)
     }
 
+    /// Whether the head can take a block now: the open segment has room, or the next one can be
+    /// opened.
+    #[inline]
+    pub(super) fn head_has_room(&self) -> bool {
+        match self.log.open {
+            Some(o) if o.len < self.geo.data_blocks_per_segment() => true,
+            _ => self.can_open(self.log.next_id),
+        }
+    }
+
+    /// True when the head cannot take a block until reclaim records the next slot's segment
+    /// written back. (A RAM buffer, or a reader of the slot, is waited for: those pass by
+    /// themselves.)
+    pub(super) fn head_blocked_by_reclaim(&self) -> bool {
+        if let Some(o) = self.log.open {
+            if o.len < self.geo.data_blocks_per_segment() {
+                return false;
+            }
+        }
+        // The open segment (if any) is full: the head continues in segment `next_id`.
+        let (id, nr) = (self.log.next_id, self.geo.nr_segments);
+        id > nr && self.log.recorded_writeback < id - nr
+    }
+
     /// The slot-reuse rule: segment `id` may be opened when a RAM buffer is free and its slot
     /// has no reader, no RAM buffer, and holds a segment the record says was written back.
     #[inline]

@@ -60,6 +60,9 @@ const QUEUE_DEPTH: usize = 1024;
 /// copies, as malloc bdevs do, the bytes are what costs).
 const SUBMIT_BURST: usize = 32;
 const SUBMIT_BURST_BYTES: usize = 128 << 10;
+/// How long a re-logging batch waits for the foreground to fill the open segment holding its
+/// copies before it seals it partly full.
+const RELOG_SEAL_WAIT_NS: u64 = 2_000_000;
 const BACKOFF_MIN_NS: u64 = 1_000_000;
 const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 
@@ -171,17 +174,23 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// Appends the current copies among `items` (sorted in log order; their data in `bufs`) at
     /// the head of the log, each with its valid and dirty bits, and maps the block there. A copy
     /// that is no longer current (written or discarded meanwhile) is dropped: its newer state is
-    /// in the log or on the backing device. What finds no room at the head (or meets a degraded
-    /// volume) stays in `items`, to be written back. Returns how many were re-logged.
+    /// in the log or on the backing device. Stops where the head has no room (or the volume is
+    /// degraded): the items from there stay in `items`. Returns how many were re-logged.
     fn relog_items(self: &Rc<Self>, items: &mut Vec<Item>, bufs: &[Rc<AlignedBuf>]) -> u64 {
         let mut st = self.st.borrow_mut();
         let mut relogged = 0;
         let mut left = Vec::new();
+        let mut stopped = false;
         for it in items.drain(..) {
+            if stopped {
+                left.push(it);
+                continue;
+            }
             if st.index.lookup(it.block) != Some(it.cb) {
                 continue;
             }
             if st.health.degraded.is_some() || !self.ensure_open_with_room(&mut st) {
+                stopped = true;
                 left.push(it);
                 continue;
             }
@@ -473,7 +482,24 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         let mut relogged = 0u64;
         if relog {
-            relogged = self.relog_items(&mut items, &bufs);
+            loop {
+                relogged += self.relog_items(&mut items, &bufs);
+                let done = {
+                    let st = self.st.borrow();
+                    items.is_empty() || st.health.degraded.is_some() || st.head_blocked_by_reclaim()
+                };
+                if done {
+                    // What is left is written back below.
+                    break;
+                }
+                // A RAM buffer or the next slot's reader: they pass by themselves.
+                self.wait_until(|st| {
+                    st.head_has_room()
+                        || st.health.degraded.is_some()
+                        || st.head_blocked_by_reclaim()
+                })
+                .await;
+            }
             // The re-logged copies, and the newer copies of what this batch skipped, must be
             // durable before the batch's segments may be replaced.
             let target = {
@@ -483,6 +509,18 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     _ => st.log.last_sealed,
                 }
             };
+            if target > self.st.borrow().log.last_durable {
+                // Sealing the open segment now would waste its free room (one partial segment
+                // per batch): the foreground usually fills it within a moment.
+                let st = &mut *self.st.borrow_mut();
+                st.durability.flush_wanted = st.durability.flush_wanted.max(target);
+            }
+            if target > self.st.borrow().log.last_durable {
+                let durable = self.wait_until(move |st| st.log.last_durable >= target);
+                let timer = self.rt.sleep(RELOG_SEAL_WAIT_NS);
+                futures::pin_mut!(durable, timer);
+                futures::future::select(durable, timer).await;
+            }
             if target > self.st.borrow().log.last_durable {
                 self.make_durable(target, true).await?;
             }

@@ -171,6 +171,24 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         })
     }
 
+    /// Makes segments up to `target` durable, for a re-logging batch. Sealing the open segment
+    /// at once would waste its free room (a partial segment per batch), and the foreground
+    /// usually fills it within a moment: it is sealed only after [`RELOG_SEAL_WAIT_NS`].
+    async fn make_head_durable(self: &Rc<Self>, target: u64) -> Result<(), IoError> {
+        if target <= self.st.borrow().log.last_durable {
+            return Ok(());
+        }
+        {
+            let st = &mut *self.st.borrow_mut();
+            st.durability.flush_wanted = st.durability.flush_wanted.max(target);
+        }
+        let durable = self.wait_until(move |st| st.log.last_durable >= target);
+        let timer = self.rt.sleep(RELOG_SEAL_WAIT_NS);
+        futures::pin_mut!(durable, timer);
+        futures::future::select(durable, timer).await;
+        self.make_durable(target, true).await
+    }
+
     /// Appends the current copies among `items` (sorted in log order; their data in `bufs`) at
     /// the head of the log, each with its valid and dirty bits, and maps the block there. A copy
     /// that is no longer current (written or discarded meanwhile) is dropped: its newer state is
@@ -509,21 +527,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     _ => st.log.last_sealed,
                 }
             };
-            if target > self.st.borrow().log.last_durable {
-                // Sealing the open segment now would waste its free room (one partial segment
-                // per batch): the foreground usually fills it within a moment.
-                let st = &mut *self.st.borrow_mut();
-                st.durability.flush_wanted = st.durability.flush_wanted.max(target);
-            }
-            if target > self.st.borrow().log.last_durable {
-                let durable = self.wait_until(move |st| st.log.last_durable >= target);
-                let timer = self.rt.sleep(RELOG_SEAL_WAIT_NS);
-                futures::pin_mut!(durable, timer);
-                futures::future::select(durable, timer).await;
-            }
-            if target > self.st.borrow().log.last_durable {
-                self.make_durable(target, true).await?;
-            }
+            self.make_head_durable(target).await?;
         }
         // Sort by backing LBA and coalesce.
         if self.st.borrow().writeback_unsorted() {

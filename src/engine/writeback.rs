@@ -193,22 +193,33 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// the head of the log, each with its valid and dirty bits, and maps the block there. A copy
     /// that is no longer current (written or discarded meanwhile) is dropped: its newer state is
     /// in the log or on the backing device. Stops where the head has no room (or the volume is
-    /// degraded): the items from there stay in `items`. Returns how many were re-logged.
-    fn relog_items(self: &Rc<Self>, items: &mut Vec<Item>, bufs: &[Rc<AlignedBuf>]) -> u64 {
+    /// degraded), or after `max` copies: the items from there stay in `items`. Returns how many
+    /// were re-logged, and whether it stopped for want of room.
+    fn relog_items(
+        self: &Rc<Self>,
+        items: &mut Vec<Item>,
+        bufs: &[Rc<AlignedBuf>],
+        max: usize,
+    ) -> (u64, bool) {
         let mut st = self.st.borrow_mut();
         let mut relogged = 0;
         let mut left = Vec::new();
-        let mut stopped = false;
+        let mut stopped = None;
         for it in items.drain(..) {
-            if stopped {
+            if stopped.is_some() {
                 left.push(it);
                 continue;
             }
             if st.index.lookup(it.block) != Some(it.cb) {
                 continue;
             }
+            if relogged as usize == max {
+                stopped = Some(false);
+                left.push(it);
+                continue;
+            }
             if st.health.degraded.is_some() || !self.ensure_open_with_room(&mut st) {
-                stopped = true;
+                stopped = Some(true);
                 left.push(it);
                 continue;
             }
@@ -222,7 +233,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             relogged += 1;
         }
         *items = left;
-        relogged
+        (relogged, stopped == Some(true))
     }
 
     /// Whether a batch should start now: `Some(for_space)`, where `for_space` says that log space
@@ -267,7 +278,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let for_space = (st.wb.space_waiters > 0 && st.log_full())
             || free
                 < (low_water + reserve)
-                    .min(st.geo.nr_segments / 2)
+                    .min(st.geo.nr_segments / 4)
                     .max(low_water);
         let urgent = st.wb.drop_caches_active > 0 || for_space;
         let background = st.opts.writeback_threshold > 0
@@ -501,7 +512,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let mut relogged = 0u64;
         if relog {
             loop {
-                relogged += self.relog_items(&mut items, &bufs);
+                let (n, out_of_room) = self.relog_items(&mut items, &bufs, SUBMIT_BURST);
+                relogged += n;
+                if !items.is_empty() && !out_of_room {
+                    // A burst moved: let the foreground run (tail latency).
+                    crate::runtime::yield_now().await;
+                    continue;
+                }
                 let done = {
                     let st = self.st.borrow();
                     items.is_empty() || st.health.degraded.is_some() || st.head_blocked_by_reclaim()

@@ -238,9 +238,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 start: 0,
                 len: len_bytes,
             };
+            let t0 = self.rt.now_ns();
             let (b, r) = self.cache.write(offset, b).await;
             drop(b);
             if r.is_ok() {
+                let took = self.rt.now_ns().saturating_sub(t0).max(1);
+                let st = &mut *self.st.borrow_mut();
+                st.wb.cache_write_ns = super::writeback::ewma(st.wb.cache_write_ns, took);
                 break;
             }
             attempts += 1;

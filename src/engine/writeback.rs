@@ -33,6 +33,10 @@ pub(super) struct WritebackState {
     /// Measured (moving averages): how long a writeback batch takes, and re-logging per block.
     pub(super) writeback_batch_ns: u64,
     pub(super) relog_ns_per_block: u64,
+    /// Measured (moving averages): the latency of a writeback write to the backing device, and
+    /// of a segment write to the cache device.
+    pub(super) backing_write_ns: u64,
+    pub(super) cache_write_ns: u64,
     /// The last batch that ran for space re-logged: background writeback then starts only while
     /// the free segments cover what the foreground fills during one writeback batch, so that a
     /// slow batch never leaves writers waiting for space.
@@ -44,7 +48,7 @@ pub(super) struct WritebackState {
 }
 
 /// Moving average with weight 1/4 for the new sample (the first sample is taken as it is).
-fn ewma(avg: u64, sample: u64) -> u64 {
+pub(super) fn ewma(avg: u64, sample: u64) -> u64 {
     if avg == 0 {
         sample
     } else {
@@ -168,6 +172,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             head_room_blocks: free.saturating_sub(1) * dpb,
             writeback_batch_ns: st.wb.writeback_batch_ns,
             relog_ns_per_block: st.wb.relog_ns_per_block,
+            backing_write_ns: st.wb.backing_write_ns,
+            cache_write_ns: st.wb.cache_write_ns,
         })
     }
 
@@ -595,16 +601,22 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         {
             // Every write runs to completion even after an error.
             let mut first_err = None;
+            let mut latency_sum_ns = 0u64;
             paced(
                 writes.iter().map(|(off, src)| {
                     let len = src.len;
                     (len, async move {
-                        (self.backing.write(*off, src.clone()).await.1, len as u64)
+                        let t0 = self.rt.now_ns();
+                        let r = self.backing.write(*off, src.clone()).await.1;
+                        (r, len as u64, self.rt.now_ns().saturating_sub(t0))
                     })
                 }),
                 QUEUE_DEPTH,
-                |(r, len)| match r {
-                    Ok(()) => bytes += len,
+                |(r, len, ns)| match r {
+                    Ok(()) => {
+                        bytes += len;
+                        latency_sum_ns += ns;
+                    }
                     Err(e) => {
                         self.st
                             .borrow_mut()
@@ -615,6 +627,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 },
             )
             .await;
+            if let Some(mean) = latency_sum_ns.checked_div(writes.len() as u64) {
+                let st = &mut *self.st.borrow_mut();
+                st.wb.backing_write_ns = ewma(st.wb.backing_write_ns, mean.max(1));
+            }
             if let Some(e) = first_err {
                 return Err(IoError::backing(e));
             }

@@ -99,14 +99,30 @@ pub(super) struct ReclaimCosts {
     pub(super) writeback_batch_ns: u64,
     /// Measured: how long re-logging takes per block (0: not measured yet).
     pub(super) relog_ns_per_block: u64,
+    /// Measured: latency of a backing write (writeback) and of a cache segment write.
+    pub(super) backing_write_ns: u64,
+    pub(super) cache_write_ns: u64,
 }
+
+/// Re-logging is considered only when a backing write takes this many times a cache segment
+/// write: on devices of similar speed, writing back costs less (one write per block instead of
+/// a copy, a CRC and a segment write, and the copy comes back to be reclaimed again).
+pub(super) const RELOG_MIN_LATENCY_RATIO: u64 = 8;
 
 /// Whether re-logging the batch's live dirty blocks frees log space faster than writing them
 /// back: writeback frees the batch's segments in one batch time; re-logging frees only the
 /// share not re-logged (`1 - live`), so its time counts `1 / (1 - live)` times. Never when the
 /// head has no room for them or when more than [`RELOG_MAX_LIVE_PCT`] % of the batch is live.
-/// Before writeback was measured, writeback is chosen (its measurement is what decides). Pure.
+/// Before writeback was measured, writeback is chosen (its measurement is what decides); and
+/// only a backing device [`RELOG_MIN_LATENCY_RATIO`] times slower than the cache is worth it.
+/// Pure.
 pub(super) fn relog_is_cheaper(c: ReclaimCosts) -> bool {
+    if c.backing_write_ns == 0
+        || c.cache_write_ns == 0
+        || c.backing_write_ns < c.cache_write_ns.saturating_mul(RELOG_MIN_LATENCY_RATIO)
+    {
+        return false;
+    }
     if c.batch_blocks == 0
         || c.live_dirty > c.head_room_blocks
         || c.live_dirty * 100 > c.batch_blocks * RELOG_MAX_LIVE_PCT
@@ -193,6 +209,8 @@ mod tests {
             head_room_blocks: 10_000,
             writeback_batch_ns: wb_ns,
             relog_ns_per_block: relog_ns,
+            backing_write_ns: 4_000_000,
+            cache_write_ns: 50_000,
         }
     }
 
@@ -222,6 +240,14 @@ mod tests {
         assert!(!relog_is_cheaper(c));
         c.head_room_blocks = 100;
         assert!(relog_is_cheaper(c));
+        // A backing device not much slower than the cache: write back (fits on two RAM disks).
+        c.backing_write_ns = 7 * c.cache_write_ns;
+        assert!(!relog_is_cheaper(c));
+        c.backing_write_ns = 8 * c.cache_write_ns;
+        assert!(relog_is_cheaper(c));
+        c.cache_write_ns = 0;
+        assert!(!relog_is_cheaper(c), "not measured yet");
+        c.cache_write_ns = 1;
         // An empty batch frees nothing either way.
         c.batch_blocks = 0;
         c.live_dirty = 0;

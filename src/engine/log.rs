@@ -8,7 +8,6 @@
 
 use super::*;
 use crate::engine::stats::ErrorKind;
-use crate::format::segment::data_block_crc;
 use crate::format::{Entry, SegmentHeader};
 
 /// The log: its slots on the cache device, the RAM segment buffers, the open segment and how
@@ -180,7 +179,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let dpb = st.dpb();
         let mut entries = Vec::with_capacity(o.len as usize);
         {
-            let buf = st.log.bufs[o.buf].bytes();
+            let buf = &st.log.bufs[o.buf];
             for j in 0..o.len as u64 {
                 let cb = o.slot * dpb + j;
                 let backing_block = st.index.backing_of(cb);
@@ -191,7 +190,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 }
                 entries.push(Entry {
                     backing_block,
-                    data_crc: data_block_crc(&buf[off..off + BLOCK]),
+                    data_crc: buf.crc_of(off),
                     valid_bits: st.index.valid(cb),
                     dirty_bits: st.index.dirty(cb),
                 });

@@ -36,11 +36,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if let (Some(cb), Some(o)) = (old, st.log.open) {
             if st.slot_of_cb(cb) == o.slot {
                 let off = st.cb_buf_offset(cb);
-                copy_sectors_in(
-                    &mut st.log.bufs[o.buf].bytes_mut()[off..off + BLOCK],
-                    mask,
-                    data,
-                );
+                copy_sectors_in(st.log.bufs[o.buf].block_mut(off), mask, data);
+                st.log.bufs[o.buf].update_crc(off);
                 let (v, d) = (st.index.valid(cb), st.index.dirty(cb));
                 if d == 0 {
                     st.nr_dirty += 1;
@@ -85,7 +82,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
             _ => None,
         };
-        let dst = &mut st.log.bufs[o.buf].bytes_mut()[off..off + BLOCK];
+        let dst = st.log.bufs[o.buf].block_mut(off);
         copy_sectors_in(dst, mask, data);
         if let Some((od, in_ram)) = kept {
             match in_ram {
@@ -98,6 +95,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             valid |= need;
             dirty |= need & od;
         }
+        st.log.bufs[o.buf].update_crc(off);
         if let Some(old_cb) = old {
             if st.index.dirty(old_cb) != 0 {
                 st.nr_dirty -= 1;

@@ -231,8 +231,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
             let (cb, o) = st.append_block();
             let off = st.cb_buf_offset(cb);
-            st.log.bufs[o.buf].bytes_mut()[off..off + BLOCK]
+            st.log.bufs[o.buf]
+                .block_mut(off)
                 .copy_from_slice(&bufs[it.buf][it.off..it.off + BLOCK]);
+            st.log.bufs[o.buf].update_crc(off);
             let (valid, dirty) = (st.index.valid(it.cb), st.index.dirty(it.cb));
             st.index.remove(it.cb);
             st.index.insert(it.block, cb, valid, dirty);

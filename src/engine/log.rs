@@ -115,6 +115,8 @@ impl Durability {
     }
 }
 
+/// A segment is written in pieces of this size, one after the other.
+const SEGMENT_WRITE_PIECE_BYTES: usize = 128 << 10;
 /// Failed attempts after which FLUSH/FUA waiting on a segment complete with an error.
 const SEGMENT_WRITE_ATTEMPTS_BEFORE_ERROR: u32 = 3;
 const RETRY_BACKOFF_MIN_NS: u64 = 1_000_000;
@@ -232,14 +234,25 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         loop {
             // This write's own reference: the sealed buffer stays allocated and read-only
             // (reads that hit it copy out of it) until the write completes.
-            let b = SharedSlice {
-                buf: self.st.borrow().log.bufs[buf].share(),
-                start: 0,
-                len: len_bytes,
-            };
+            let shared = self.st.borrow().log.bufs[buf].share();
             let t0 = self.rt.now_ns();
-            let (b, r) = self.cache.write(offset, b).await;
-            drop(b);
+            // In pieces, one after the other: a device that copies with the CPU (a malloc bdev)
+            // would otherwise copy the whole segment in one go, and every foreground I/O queued
+            // behind that copy would wait for it (the write path's p99).
+            let mut r = Ok(());
+            for start in (0..len_bytes).step_by(SEGMENT_WRITE_PIECE_BYTES) {
+                let len = SEGMENT_WRITE_PIECE_BYTES.min(len_bytes - start);
+                let piece = SharedSlice {
+                    buf: Rc::clone(&shared),
+                    start,
+                    len,
+                };
+                r = self.cache.write(offset + start as u64, piece).await.1;
+                if r.is_err() {
+                    break;
+                }
+            }
+            drop(shared);
             if r.is_ok() {
                 let took = self.rt.now_ns().saturating_sub(t0).max(1);
                 let st = &mut *self.st.borrow_mut();

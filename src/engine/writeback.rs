@@ -10,7 +10,7 @@
 //! measured costs that choose between writing back and re-logging).
 
 use super::writeback_plan::{
-    coalesce, relog_is_cheaper, select, Copy, Item, PlannedWrite, ReclaimCosts,
+    coalesce, relog_is_cheaper, Copy, Item, PlannedWrite, ReclaimCosts, Selection,
 };
 use super::*;
 use crate::engine::stats::ErrorKind;
@@ -64,6 +64,10 @@ const QUEUE_DEPTH: usize = 1024;
 /// copies, as malloc bdevs do, the bytes are what costs).
 const SUBMIT_BURST: usize = 32;
 const SUBMIT_BURST_BYTES: usize = 128 << 10;
+/// Segment headers classified per executor turn (about 500 index lookups).
+const SELECT_HEADERS_PER_TURN: usize = 4;
+/// Copies marked clean per executor turn after a batch's writes.
+const MARK_CLEAN_PER_TURN: usize = 512;
 /// How long a re-logging batch waits for the foreground to fill the open segment holding its
 /// copies before it seals it partly full.
 const RELOG_SEAL_WAIT_NS: u64 = 2_000_000;
@@ -440,39 +444,51 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         // time): after a power cut the newer copy may be gone, and replay maps no segment at or
         // below the recorded writeback id. A copy superseded by a durable one, or discarded,
         // is skipped.
-        let mut items = {
+        let mut selection = Selection::default();
+        for (n, chunk) in headers.chunks(SELECT_HEADERS_PER_TURN).enumerate() {
+            if n > 0 {
+                // The foreground runs between chunks (tail latency). A copy classified before
+                // it changed is handled as any copy whose block is written during the batch.
+                crate::runtime::yield_now().await;
+            }
             let st = self.st.borrow();
             let dpb = st.dpb();
-            select(
-                &headers,
-                dpb,
-                |h| st.geo.slot_of_id(h),
-                |block, cb| {
-                    // A block being written through (degraded) is newer on its way to the backing
-                    // device: writing the cached copy could land after it.
-                    if st.cutoff.bypass_inflight.contains_key(&block) {
-                        return Copy::Skip;
-                    }
-                    match st.index.lookup(block) {
-                        Some(c) if c == cb => Copy::Current {
-                            dirty: st.index.dirty(c),
-                        },
-                        Some(c) => {
-                            let newer_id = st.log.slot_id[st.slot_of_cb(c) as usize];
-                            // A newer copy in this batch is written itself; a durable one is safe.
-                            let newer_safe = newer_id <= last_id
-                                || (newer_id <= st.log.last_durable && st.cb_in_ram(c).is_none());
-                            if newer_safe {
-                                Copy::Skip
-                            } else {
-                                Copy::SupersededByUndurable
-                            }
+            for (i, h) in chunk.iter().enumerate() {
+                selection.add(
+                    n * SELECT_HEADERS_PER_TURN + i,
+                    h,
+                    dpb,
+                    |h| st.geo.slot_of_id(h),
+                    |block, cb| {
+                        // A block being written through (degraded) is newer on its way to the
+                        // backing device: writing the cached copy could land after it.
+                        if st.cutoff.bypass_inflight.contains_key(&block) {
+                            return Copy::Skip;
                         }
-                        None => Copy::Skip,
-                    }
-                },
-            )
-        };
+                        match st.index.lookup(block) {
+                            Some(c) if c == cb => Copy::Current {
+                                dirty: st.index.dirty(c),
+                            },
+                            Some(c) => {
+                                let newer_id = st.log.slot_id[st.slot_of_cb(c) as usize];
+                                // A newer copy in this batch is written itself; a durable one
+                                // is safe.
+                                let newer_safe = newer_id <= last_id
+                                    || (newer_id <= st.log.last_durable
+                                        && st.cb_in_ram(c).is_none());
+                                if newer_safe {
+                                    Copy::Skip
+                                } else {
+                                    Copy::SupersededByUndurable
+                                }
+                            }
+                            None => Copy::Skip,
+                        }
+                    },
+                );
+            }
+        }
+        let mut items = selection.finish();
         let relog = for_space && self.relog_chosen(&items, last_id);
         if relog {
             // Superseded copies need no writing: the head, which holds their newer copies, is
@@ -640,16 +656,23 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if !writes.is_empty() {
             self.flush_backing().await?;
         }
-        // Mark clean what is still the same copy, then advance.
-        {
+        // Mark clean what is still the same copy (a few hundred at a time: the foreground runs
+        // between), then advance.
+        for (n, chunk) in items.chunks(MARK_CLEAN_PER_TURN).enumerate() {
+            if n > 0 {
+                crate::runtime::yield_now().await;
+            }
             let mut st = self.st.borrow_mut();
-            for it in items.iter().filter(|it| it.current) {
+            for it in chunk.iter().filter(|it| it.current) {
                 if st.index.backing_of(it.cb) == it.block && st.index.dirty(it.cb) != 0 {
                     let v = st.index.valid(it.cb);
                     st.index.set_bits(it.cb, v, 0);
                     st.nr_dirty -= 1;
                 }
             }
+        }
+        {
+            let mut st = self.st.borrow_mut();
             st.log.last_writeback = last_id;
             st.counters.bytes_written_back += bytes;
             if relog {

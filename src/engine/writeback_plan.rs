@@ -34,6 +34,7 @@ pub(super) enum Copy {
     Skip,
 }
 
+#[cfg(test)]
 /// Selects what a batch writes back: per backing block the copies to write, from the headers of
 /// the batch's segments (oldest first). `slot_of_id` maps a segment id to its slot, `classify`
 /// says what a copy (backing block, cache block) is. Pure: no device I/O, no state.
@@ -43,11 +44,33 @@ pub(super) fn select(
     slot_of_id: impl Fn(u64) -> u64,
     mut classify: impl FnMut(u64, u64) -> Copy,
 ) -> Vec<Item> {
-    let mut items = Vec::new();
-    // Superseded copies whose newer copy is outside the batch and not durable yet: only the
-    // newest of them per block is written (rare; a small map).
-    let mut superseded: HashMap<u64, Item> = HashMap::new();
+    let mut s = Selection::default();
     for (k, h) in headers.iter().enumerate() {
+        s.add(k, h, data_blocks_per_segment, &slot_of_id, &mut classify);
+    }
+    s.finish()
+}
+
+/// [`select`] a few headers at a time (a batch's 32 segments hold 4000 copies, each an index
+/// lookup: done at once, that would hold the thread for most of a millisecond).
+#[derive(Default)]
+pub(super) struct Selection {
+    items: Vec<Item>,
+    /// Superseded copies whose newer copy is outside the batch and not durable yet: only the
+    /// newest of them per block is written (rare; a small map).
+    superseded: HashMap<u64, Item>,
+}
+
+impl Selection {
+    /// Adds the copies of header `h`, the batch's `k`-th (headers come oldest first).
+    pub(super) fn add(
+        &mut self,
+        k: usize,
+        h: &SegmentHeader,
+        data_blocks_per_segment: u64,
+        slot_of_id: impl Fn(u64) -> u64,
+        mut classify: impl FnMut(u64, u64) -> Copy,
+    ) {
         let slot = slot_of_id(h.id);
         for (j, e) in h.entries.iter().enumerate() {
             if e.valid_bits == 0 {
@@ -66,20 +89,23 @@ pub(super) fn select(
                     it.dirty = dirty;
                     it.current = true;
                     if dirty != 0 {
-                        items.push(it);
+                        self.items.push(it);
                     }
                 }
                 Copy::SupersededByUndurable => {
                     if it.dirty != 0 {
-                        superseded.insert(it.block, it);
+                        self.superseded.insert(it.block, it);
                     }
                 }
                 Copy::Skip => {}
             }
         }
     }
-    items.extend(superseded.into_values());
-    items
+
+    pub(super) fn finish(mut self) -> Vec<Item> {
+        self.items.extend(self.superseded.into_values());
+        self.items
+    }
 }
 
 /// Re-logging moves at most this share of a batch's blocks: a batch must free more than it

@@ -18,6 +18,7 @@ mod health;
 mod invariants;
 mod log;
 mod read;
+mod relog;
 pub mod replay;
 mod segment_buf;
 mod write;

@@ -9,9 +9,7 @@
 //! Owns: [`WritebackState`] (a batch in flight, its backoff, what holds writeback back, and the
 //! measured costs that choose between writing back and re-logging).
 
-use super::writeback_plan::{
-    coalesce, relog_is_cheaper, Copy, Item, PlannedWrite, ReclaimCosts, Selection,
-};
+use super::writeback_plan::{coalesce, Copy, PlannedWrite, Selection};
 use super::*;
 use crate::engine::stats::ErrorKind;
 use crate::format::SegmentHeader;
@@ -62,15 +60,12 @@ const QUEUE_DEPTH: usize = 1024;
 /// Operations, and bytes, started per executor turn: a batch of a thousand I/Os started at once
 /// would hold the thread for a millisecond and show in the foreground's tail latency (with CPU
 /// copies, as malloc bdevs do, the bytes are what costs).
-const SUBMIT_BURST: usize = 32;
+pub(super) const SUBMIT_BURST: usize = 32;
 const SUBMIT_BURST_BYTES: usize = 128 << 10;
 /// Segment headers classified per executor turn (about 500 index lookups).
 const SELECT_HEADERS_PER_TURN: usize = 4;
 /// Copies marked clean per executor turn after a batch's writes.
 const MARK_CLEAN_PER_TURN: usize = 512;
-/// How long a re-logging batch waits for the foreground to fill the open segment holding its
-/// copies before it seals it partly full.
-const RELOG_SEAL_WAIT_NS: u64 = 2_000_000;
 const BACKOFF_MIN_NS: u64 = 1_000_000;
 const BACKOFF_MAX_NS: u64 = 1_000_000_000;
 
@@ -150,102 +145,6 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             .into_iter()
             .map(|r| r.expect("every read completed"))
             .collect()
-    }
-
-    /// Whether a batch that runs for space re-logs its live dirty blocks (`items` as selected;
-    /// `last_id`: its last segment): never when degraded, draining or in write-around mode;
-    /// otherwise by measured cost ([`relog_is_cheaper`]) unless a test hook decides.
-    fn relog_chosen(&self, items: &[Item], last_id: u64) -> bool {
-        let st = self.st.borrow();
-        if st.health.degraded.is_some()
-            || st.wb.drop_caches_active > 0
-            || st.wb.shutting_down
-            || st.opts.write_around_mode
-        {
-            return false;
-        }
-        if let Some(relog) = st.reclaim_override() {
-            return relog;
-        }
-        let dpb = st.dpb();
-        let used = st.log.open.map(|o| o.id).unwrap_or(st.log.next_id) - 1 - st.log.last_writeback;
-        let free = st.geo.nr_segments.saturating_sub(used);
-        relog_is_cheaper(ReclaimCosts {
-            live_dirty: items.iter().filter(|it| it.current).count() as u64,
-            batch_blocks: (last_id - st.log.last_writeback) * dpb,
-            head_room_blocks: free.saturating_sub(1) * dpb,
-            writeback_batch_ns: st.wb.writeback_batch_ns,
-            relog_ns_per_block: st.wb.relog_ns_per_block,
-            backing_write_ns: st.wb.backing_write_ns,
-            cache_write_ns: st.wb.cache_write_ns,
-        })
-    }
-
-    /// Makes segments up to `target` durable, for a re-logging batch. Sealing the open segment
-    /// at once would waste its free room (a partial segment per batch), and the foreground
-    /// usually fills it within a moment: it is sealed only after [`RELOG_SEAL_WAIT_NS`].
-    async fn make_head_durable(self: &Rc<Self>, target: u64) -> Result<(), IoError> {
-        if target <= self.st.borrow().log.last_durable {
-            return Ok(());
-        }
-        {
-            let st = &mut *self.st.borrow_mut();
-            st.durability.flush_wanted = st.durability.flush_wanted.max(target);
-        }
-        let durable = self.wait_until(move |st| st.log.last_durable >= target);
-        let timer = self.rt.sleep(RELOG_SEAL_WAIT_NS);
-        futures::pin_mut!(durable, timer);
-        futures::future::select(durable, timer).await;
-        self.make_durable(target, true).await
-    }
-
-    /// Appends the current copies among `items` (sorted in log order; their data in `bufs`) at
-    /// the head of the log, each with its valid and dirty bits, and maps the block there. A copy
-    /// that is no longer current (written or discarded meanwhile) is dropped: its newer state is
-    /// in the log or on the backing device. Stops where the head has no room (or the volume is
-    /// degraded), or after `max` copies: the items from there stay in `items`. Returns how many
-    /// were re-logged, and whether it stopped for want of room.
-    fn relog_items(
-        self: &Rc<Self>,
-        items: &mut Vec<Item>,
-        bufs: &[Rc<AlignedBuf>],
-        max: usize,
-    ) -> (u64, bool) {
-        let mut st = self.st.borrow_mut();
-        let mut relogged = 0;
-        let mut left = Vec::new();
-        let mut stopped = None;
-        for it in items.drain(..) {
-            if stopped.is_some() {
-                left.push(it);
-                continue;
-            }
-            if st.index.lookup(it.block) != Some(it.cb) {
-                continue;
-            }
-            if relogged as usize == max {
-                stopped = Some(false);
-                left.push(it);
-                continue;
-            }
-            if st.health.degraded.is_some() || !self.ensure_open_with_room(&mut st) {
-                stopped = Some(true);
-                left.push(it);
-                continue;
-            }
-            let (cb, o) = st.append_block();
-            let off = st.cb_buf_offset(cb);
-            st.log.bufs[o.buf]
-                .block_mut(off)
-                .copy_from_slice(&bufs[it.buf][it.off..it.off + BLOCK]);
-            st.log.bufs[o.buf].update_crc(off);
-            let (valid, dirty) = (st.index.valid(it.cb), st.index.dirty(it.cb));
-            st.index.remove(it.cb);
-            st.index.insert(it.block, cb, valid, dirty);
-            relogged += 1;
-        }
-        *items = left;
-        (relogged, stopped == Some(true))
     }
 
     /// Whether a batch should start now: `Some(for_space)`, where `for_space` says that log space
@@ -533,43 +432,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if let Some(e) = first_err {
             return Err(IoError::cache(e));
         }
-        let mut relogged = 0u64;
-        if relog {
-            loop {
-                let (n, out_of_room) = self.relog_items(&mut items, &bufs, SUBMIT_BURST);
-                relogged += n;
-                if !items.is_empty() && !out_of_room {
-                    // A burst moved: let the foreground run (tail latency).
-                    crate::runtime::yield_now().await;
-                    continue;
-                }
-                let done = {
-                    let st = self.st.borrow();
-                    items.is_empty() || st.health.degraded.is_some() || st.head_blocked_by_reclaim()
-                };
-                if done {
-                    // What is left is written back below.
-                    break;
-                }
-                // A RAM buffer or the next slot's reader: they pass by themselves.
-                self.wait_until(|st| {
-                    st.head_has_room()
-                        || st.health.degraded.is_some()
-                        || st.head_blocked_by_reclaim()
-                })
-                .await;
-            }
-            // The re-logged copies, and the newer copies of what this batch skipped, must be
-            // durable before the batch's segments may be replaced.
-            let target = {
-                let st = self.st.borrow();
-                match st.log.open {
-                    Some(o) if o.len > 0 => o.id,
-                    _ => st.log.last_sealed,
-                }
-            };
-            self.make_head_durable(target).await?;
-        }
+        let relogged = if relog {
+            self.relog_batch(&mut items, &bufs).await?
+        } else {
+            0
+        };
         // Sort by backing LBA and coalesce.
         if self.st.borrow().writeback_unsorted() {
             items.sort_unstable_by_key(|it| it.cb);

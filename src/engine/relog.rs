@@ -76,25 +76,21 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     ) -> (u64, bool) {
         let mut st = self.st.borrow_mut();
         let mut relogged = 0;
-        let mut left = Vec::new();
-        let mut stopped = None;
-        for it in items.drain(..) {
-            if stopped.is_some() {
-                left.push(it);
-                continue;
-            }
+        let mut out_of_room = false;
+        // Items before `i` are done (moved, or dropped as no longer current).
+        let mut i = 0;
+        while i < items.len() {
+            let it = &items[i];
             if st.index.lookup(it.block) != Some(it.cb) {
+                i += 1;
                 continue;
             }
             if relogged as usize == max {
-                stopped = Some(false);
-                left.push(it);
-                continue;
+                break;
             }
             if st.health.degraded.is_some() || !self.ensure_open_with_room(&mut st) {
-                stopped = Some(true);
-                left.push(it);
-                continue;
+                out_of_room = true;
+                break;
             }
             let (cb, o) = st.append_block();
             let off = st.cb_buf_offset(cb);
@@ -106,9 +102,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             st.index.remove(it.cb);
             st.index.insert(it.block, cb, valid, dirty);
             relogged += 1;
+            i += 1;
         }
-        *items = left;
-        (relogged, stopped == Some(true))
+        items.drain(..i);
+        (relogged, out_of_room)
     }
 
     /// Re-logs `items` (the batch's current dirty copies, in log order; their data in `bufs`),

@@ -34,6 +34,9 @@ pub(super) struct LogState {
     /// slot a newer, torn segment may have overwritten.
     pub(super) recorded_writeback: u64,
     pub(super) prev_header_crc: u32,
+    /// Writes waiting for log space: woken only once space is available (or the volume
+    /// degraded), not on every change of the volume's state.
+    pub(super) space_waiters: Vec<Waker>,
 }
 
 impl LogState {
@@ -67,6 +70,7 @@ impl LogState {
             last_writeback: 0,
             recorded_writeback: 0,
             prev_header_crc: 0,
+            space_waiters: Vec::new(),
         }
     }
 }
@@ -486,6 +490,18 @@ impl State {
         let id = self.log.next_id + self.log.open.is_some() as u64;
         let nr = self.geo.nr_segments;
         id > nr && self.log.recorded_writeback < id - nr
+    }
+
+    /// The writes waiting for space to wake: all of them once space is available or the volume
+    /// is degraded (what they wait for), else none.
+    #[inline]
+    pub(super) fn take_space_waiters_if_ready(&mut self) -> Vec<Waker> {
+        if self.log.space_waiters.is_empty()
+            || !(self.space_available() || self.health.degraded.is_some())
+        {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.log.space_waiters)
     }
 
     /// True when a segment can be opened (or the open one has room).

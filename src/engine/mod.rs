@@ -264,14 +264,30 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// moved (they are many at a high queue depth, and wait for one thing).
     fn notify(&self) {
         let ws: Vec<Waker> = std::mem::take(&mut *self.waiters.borrow_mut());
-        let durability = {
+        let (durability, space) = {
             let mut st = self.st.borrow_mut();
             let last_durable = st.log.last_durable;
-            st.durability.take_waiters_if_moved(last_durable)
+            (
+                st.durability.take_waiters_if_moved(last_durable),
+                st.take_space_waiters_if_ready(),
+            )
         };
-        for w in ws.into_iter().chain(durability) {
+        for w in ws.into_iter().chain(durability).chain(space) {
             w.wake();
         }
+    }
+
+    /// Waits until a write can take log space, or the volume is degraded (on the log's own
+    /// waiter list, see [`State::take_space_waiters_if_ready`]).
+    fn wait_for_space(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut st = self.st.borrow_mut();
+            if st.space_available() || st.health.degraded.is_some() {
+                return Poll::Ready(());
+            }
+            st.log.space_waiters.push(cx.waker().clone());
+            Poll::Pending
+        })
     }
 
     /// Waits until `cond` holds; re-checked on every state change.

@@ -204,8 +204,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         }
                         self.maybe_start_writeback();
                         self.kick_flush();
-                        self.wait_until(|st| st.space_available() || st.health.degraded.is_some())
-                            .await;
+                        self.wait_for_space().await;
                         self.st.borrow_mut().wb.space_waiters -= 1;
                         if self.is_degraded() {
                             // No space will come from a failing cache: the caller writes the

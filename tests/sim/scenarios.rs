@@ -271,6 +271,19 @@ impl Rig {
         Ok(())
     }
 
+    /// After a power cut: the create must succeed, every sector must hold what the model allows,
+    /// and a drain must leave exactly that on the backing device (panics with `seed` otherwise).
+    fn recover_and_check(&mut self, options: Options, seed: u64) -> Vol {
+        let vol = self
+            .create(options)
+            .unwrap_or_else(|e| panic!("seed {seed}: create after the power cut: {e}"));
+        self.verify(&vol, true)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        self.drain_and_check_backing(&vol)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        vol
+    }
+
     /// drop_caches, then the backing device's durable image must hold what the volume reads.
     fn drain_and_check_backing(&mut self, vol: &Vol) -> Result<(), String> {
         let v = vol.clone();
@@ -824,13 +837,7 @@ fn a_slot_is_reused_only_after_the_record_says_its_segment_was_written_back() {
         }
         rig.power_cut();
         rig.cache.st.borrow_mut().fail_writes.clear();
-        let vol = rig
-            .create(o)
-            .unwrap_or_else(|e| panic!("seed {seed}: create after the power cut: {e}"));
-        rig.verify(&vol, true)
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        rig.drain_and_check_backing(&vol)
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        rig.recover_and_check(o, seed);
         assert!(
             acked <= 48,
             "seed {seed}: {acked} writes of one block completed in a log of {nr_segments} segments of 3 blocks whose record writes all failed (st {:?})",
@@ -1335,13 +1342,7 @@ fn relogged_blocks_survive_power_cuts_and_never_bring_back_an_older_copy() {
             );
         }
         rig.power_cut();
-        let vol = rig
-            .create(o)
-            .unwrap_or_else(|e| panic!("seed {seed}: create after the power cut: {e}"));
-        rig.verify(&vol, true)
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
-        rig.drain_and_check_backing(&vol)
-            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        rig.recover_and_check(o, seed);
     }
     assert!(
         relogged_total > 500,

@@ -2,9 +2,8 @@
 //! tracked contiguously), cache-device FLUSH with group commit, and FLUSH/FUA semantics.
 //!
 //! Owns: [`LogState`] (slots, RAM segment buffers, the open segment, the ids sealed, written,
-//! durable and written back, and the slot-reuse rule: a slot is reused only once it has no
-//! reader, no RAM buffer, and the record says its segment was written back) and
-//! [`Durability`] (group commit, backing-flush coverage, the FLUSH/FUA waiters).
+//! durable and written back; its rules for space are in space.rs) and [`Durability`] (group
+//! commit, backing-flush coverage, the FLUSH/FUA waiters).
 
 use super::*;
 use crate::engine::stats::ErrorKind;
@@ -36,7 +35,7 @@ pub(super) struct LogState {
     pub(super) prev_header_crc: u32,
     /// Writes waiting for log space: woken only once space is available (or the volume
     /// degraded), not on every change of the volume's state.
-    pub(super) space_waiters: Vec<Waker>,
+    pub(super) space_wakers: Vec<Waker>,
 }
 
 impl LogState {
@@ -70,7 +69,7 @@ impl LogState {
             last_writeback: 0,
             recorded_writeback: 0,
             prev_header_crc: 0,
-            space_waiters: Vec::new(),
+            space_wakers: Vec::new(),
         }
     }
 }
@@ -135,12 +134,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// Returns false when space is not available yet.
     #[inline]
     pub(super) fn ensure_open_with_room(self: &Rc<Self>, st: &mut State) -> bool {
-        if let Some(o) = st.log.open {
-            if o.len < st.geo.data_blocks_per_segment() {
-                return true;
-            }
-            self.seal(st);
+        if st.open_has_room() {
+            return true;
         }
+        // A full open segment is sealed (nothing happens without one).
+        self.seal(st);
         self.try_open_segment(st)
     }
 
@@ -468,88 +466,6 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
         self.bump_progress();
         Ok(())
-    }
-}
-
-impl State {
-    /// Takes the next block of the open segment (the caller made sure it has room): its cache
-    /// block number and the open segment.
-    #[inline]
-    pub(super) fn append_block(&mut self) -> (u64, OpenSegment) {
-        let dpb = self.dpb();
-        let o = self.log.open.as_mut().expect("an open segment with room");
-        debug_assert!((o.len as u64) < dpb);
-        let cb = o.slot * dpb + o.len as u64;
-        o.len += 1;
-        (cb, *o)
-    }
-
-    /// True when the next segment's slot still holds a segment not (recorded) written back.
-    #[inline]
-    pub(super) fn log_full(&self) -> bool {
-        let id = self.log.next_id + self.log.open.is_some() as u64;
-        let nr = self.geo.nr_segments;
-        id > nr && self.log.recorded_writeback < id - nr
-    }
-
-    /// The writes waiting for space to wake: all of them once space is available or the volume
-    /// is degraded (what they wait for), else none.
-    #[inline]
-    pub(super) fn take_space_waiters_if_ready(&mut self) -> Vec<Waker> {
-        if self.log.space_waiters.is_empty()
-            || !(self.space_available() || self.health.degraded.is_some())
-        {
-            return Vec::new();
-        }
-        std::mem::take(&mut self.log.space_waiters)
-    }
-
-    /// True when a segment can be opened (or the open one has room).
-    #[inline]
-    pub(super) fn space_available(&self) -> bool {
-        if let Some(o) = self.log.open {
-            if o.len < self.geo.data_blocks_per_segment() {
-                return true;
-            }
-        }
-        // Sealing the open segment frees nothing, so a buffer must be free besides it.
-        self.can_open(self.log.next_id + self.log.open.is_some() as u64)
-    }
-
-    /// Whether the head can take a block now: the open segment has room, or the next one can be
-    /// opened.
-    #[inline]
-    pub(super) fn head_has_room(&self) -> bool {
-        match self.log.open {
-            Some(o) if o.len < self.geo.data_blocks_per_segment() => true,
-            _ => self.can_open(self.log.next_id),
-        }
-    }
-
-    /// True when the head cannot take a block until reclaim records the next slot's segment
-    /// written back. (A RAM buffer, or a reader of the slot, is waited for: those pass by
-    /// themselves.)
-    pub(super) fn head_blocked_by_reclaim(&self) -> bool {
-        if let Some(o) = self.log.open {
-            if o.len < self.geo.data_blocks_per_segment() {
-                return false;
-            }
-        }
-        // The open segment (if any) is full: the head continues in segment `next_id`.
-        let (id, nr) = (self.log.next_id, self.geo.nr_segments);
-        id > nr && self.log.recorded_writeback < id - nr
-    }
-
-    /// The slot-reuse rule: segment `id` may be opened when a RAM buffer is free and its slot
-    /// has no reader, no RAM buffer, and holds a segment the record says was written back.
-    #[inline]
-    fn can_open(&self, id: u64) -> bool {
-        let slot = self.geo.slot_of_id(id) as usize;
-        let nr = self.geo.nr_segments;
-        !self.log.free_bufs.is_empty()
-            && (id <= nr || self.log.recorded_writeback >= id - nr)
-            && self.log.slot_readers[slot] == 0
-            && self.log.slot_buf[slot] == NO_BUF
     }
 }
 

@@ -21,6 +21,7 @@ mod read;
 mod relog;
 pub mod replay;
 mod segment_buf;
+mod space;
 mod write;
 mod writeback;
 mod writeback_plan;
@@ -282,10 +283,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     fn wait_for_space(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
             let mut st = self.st.borrow_mut();
-            if st.space_available() || st.health.degraded.is_some() {
+            if st.space_available_or_degraded() {
                 return Poll::Ready(());
             }
-            st.log.space_waiters.push(cx.waker().clone());
+            st.log.space_wakers.push(cx.waker().clone());
             Poll::Pending
         })
     }

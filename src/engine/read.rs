@@ -65,14 +65,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             if !self.ensure_open_with_room(&mut st) {
                 continue;
             }
-            let (cb, o) = st.append_block();
-            let off = st.cb_buf_offset(cb);
             let src = ((block * spb - out_first_sector) as usize) * SECTOR;
-            st.log.bufs[o.buf]
-                .block_mut(off)
-                .copy_from_slice(&out[src..src + BLOCK]);
-            st.log.bufs[o.buf].update_crc(off);
-            st.index.insert(block, cb, 0xff, 0);
+            st.append_copy(block, &out[src..src + BLOCK], 0xff, 0);
             st.counters.staged_blocks += 1;
         }
     }

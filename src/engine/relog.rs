@@ -31,8 +31,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             return relog;
         }
         let dpb = st.dpb();
-        let used = st.log.open.map(|o| o.id).unwrap_or(st.log.next_id) - 1 - st.log.last_writeback;
-        let free = st.geo.nr_segments.saturating_sub(used);
+        let free = st.free_segments();
         relog_is_cheaper(ReclaimCosts {
             live_dirty: items.iter().filter(|it| it.current).count() as u64,
             batch_blocks: (last_id - st.log.last_writeback) * dpb,
@@ -92,15 +91,10 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 out_of_room = true;
                 break;
             }
-            let (cb, o) = st.append_block();
-            let off = st.cb_buf_offset(cb);
-            st.log.bufs[o.buf]
-                .block_mut(off)
-                .copy_from_slice(&bufs[it.buf][it.off..it.off + BLOCK]);
-            st.log.bufs[o.buf].update_crc(off);
             let (valid, dirty) = (st.index.valid(it.cb), st.index.dirty(it.cb));
             st.index.remove(it.cb);
-            st.index.insert(it.block, cb, valid, dirty);
+            let data = &bufs[it.buf][it.off..it.off + BLOCK];
+            st.append_copy(it.block, data, valid, dirty);
             relogged += 1;
             i += 1;
         }

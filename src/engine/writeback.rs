@@ -169,8 +169,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             st.wb.seal_rate_per_s = ewma(st.wb.seal_rate_per_s, rate).max(rate / 4);
             st.wb.seal_sample = (now_ns, st.log.last_sealed);
         }
-        let used = st.log.open.map(|o| o.id).unwrap_or(st.log.next_id) - 1 - st.log.last_writeback;
-        let free = st.geo.nr_segments.saturating_sub(used);
+        let free = st.free_segments();
         // Keep a reserve of free segments so foreground writes rarely wait: room for what the
         // RAM buffers and one batch's worth of writes consume while a batch runs, or an eighth
         // of the log. (A quarter wrote back 6-9 % more in the fits benchmark, for nothing.)

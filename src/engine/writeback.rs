@@ -485,7 +485,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         {
             // Every write runs to completion even after an error.
             let mut first_err = None;
-            let mut latency_sum_ns = 0u64;
+            // Mean latency of the writes that succeeded (a failed one says nothing of it).
+            let (mut latency_sum_ns, mut ok_writes) = (0u64, 0u64);
             paced(
                 writes.iter().map(|(off, src)| {
                     let len = src.len;
@@ -500,6 +501,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     Ok(()) => {
                         bytes += len;
                         latency_sum_ns += ns;
+                        ok_writes += 1;
                     }
                     Err(e) => {
                         self.st
@@ -511,7 +513,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 },
             )
             .await;
-            if let Some(mean) = latency_sum_ns.checked_div(writes.len() as u64) {
+            if let Some(mean) = latency_sum_ns.checked_div(ok_writes) {
                 let st = &mut *self.st.borrow_mut();
                 st.wb.backing_write_ns = ewma(st.wb.backing_write_ns, mean.max(1));
             }

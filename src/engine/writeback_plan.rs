@@ -1,5 +1,5 @@
 //! Reclaim planning, pure over headers, the index's answers and measured costs: which copies a
-//! batch writes ([`select`]), how sorted copies become backing writes ([`coalesce`]), and
+//! batch writes ([`Selection`]), how sorted copies become backing writes ([`coalesce`]), and
 //! whether a batch re-logs its live dirty blocks instead of writing them back
 //! ([`relog_is_cheaper`]).
 
@@ -34,25 +34,10 @@ pub(super) enum Copy {
     Skip,
 }
 
-#[cfg(test)]
-/// Selects what a batch writes back: per backing block the copies to write, from the headers of
-/// the batch's segments (oldest first). `slot_of_id` maps a segment id to its slot, `classify`
-/// says what a copy (backing block, cache block) is. Pure: no device I/O, no state.
-pub(super) fn select(
-    headers: &[SegmentHeader],
-    data_blocks_per_segment: u64,
-    slot_of_id: impl Fn(u64) -> u64,
-    mut classify: impl FnMut(u64, u64) -> Copy,
-) -> Vec<Item> {
-    let mut s = Selection::default();
-    for (k, h) in headers.iter().enumerate() {
-        s.add(k, h, data_blocks_per_segment, &slot_of_id, &mut classify);
-    }
-    s.finish()
-}
-
-/// [`select`] a few headers at a time (a batch's 32 segments hold 4000 copies, each an index
-/// lookup: done at once, that would hold the thread for most of a millisecond).
+/// Selects what a batch writes back, a few headers at a time: per backing block the copies to
+/// write, from the headers of the batch's segments (oldest first). Pure: no device I/O, no state.
+/// (A batch's 32 segments hold 4000 copies, each an index lookup: classified at once, they would
+/// hold the thread for most of a millisecond.)
 #[derive(Default)]
 pub(super) struct Selection {
     items: Vec<Item>,
@@ -207,6 +192,22 @@ pub(super) fn coalesce(items: &[Item]) -> Vec<PlannedWrite> {
 mod tests {
     use super::*;
     use crate::format::Entry;
+
+    /// [`Selection`] over all headers at once (the batch adds a few per executor turn).
+    /// `slot_of_id` maps a segment id to its slot, `classify` says what a copy (backing block,
+    /// cache block) is.
+    fn select(
+        headers: &[SegmentHeader],
+        data_blocks_per_segment: u64,
+        slot_of_id: impl Fn(u64) -> u64,
+        mut classify: impl FnMut(u64, u64) -> Copy,
+    ) -> Vec<Item> {
+        let mut s = Selection::default();
+        for (k, h) in headers.iter().enumerate() {
+            s.add(k, h, data_blocks_per_segment, &slot_of_id, &mut classify);
+        }
+        s.finish()
+    }
 
     fn header(id: u64, blocks: &[(u64, u8)]) -> SegmentHeader {
         SegmentHeader {

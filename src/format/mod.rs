@@ -56,12 +56,20 @@ pub enum DecodeError {
     OutOfRange { field: &'static str, value: u64 },
 }
 
+/// CRC-32C (Castagnoli, reflected, init and xorout `0xffffffff`) of `bytes`.
 pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
-    crc32c::crc32c(bytes)
+    crc_fast::crc32_iscsi(bytes)
 }
 
+/// The CRC-32C of the concatenation of the bytes behind `crc` and `bytes`.
 pub(crate) fn crc32c_append(crc: u32, bytes: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc, bytes)
+    // The register before the final xor is `crc ^ 0xffffffff`: continue from it.
+    let mut d = crc_fast::Digest::new_with_init_state(
+        crc_fast::CrcAlgorithm::Crc32Iscsi,
+        (crc ^ 0xffff_ffff) as u64,
+    );
+    d.update(bytes);
+    d.finalize() as u32
 }
 
 pub(crate) fn get_u32(b: &[u8], off: usize) -> u32 {
@@ -141,4 +149,31 @@ pub fn uuid_to_string(u: &[u8; 16]) -> String {
         h[8..10].concat(),
         h[10..16].concat()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn crc32c_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    proptest! {
+        /// The fast CRC matches an independent CRC-32C (the crc32c crate) on every length,
+        /// whole and appended, so that the format's checksums do not depend on the CPU.
+        #[test]
+        fn crc32c_matches_an_independent_implementation(
+            bytes in proptest::collection::vec(any::<u8>(), 0..9000),
+            split in any::<prop::sample::Index>(),
+        ) {
+            prop_assert_eq!(crc32c(&bytes), ::crc32c::crc32c(&bytes));
+            let at = split.index(bytes.len() + 1);
+            let (a, b) = bytes.split_at(at);
+            prop_assert_eq!(crc32c_append(crc32c(a), b), ::crc32c::crc32c(&bytes));
+        }
+    }
 }

@@ -94,7 +94,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let (valid, dirty) = (st.index.valid(it.cb), st.index.dirty(it.cb));
             st.index.remove(it.cb);
             let data = &bufs[it.buf][it.off..it.off + BLOCK];
-            st.append_copy(it.block, data, valid, dirty);
+            // The copy keeps the CRC its segment header gave it: not computed again, and a
+            // block read back damaged is not blessed with a CRC of the damage.
+            st.append_copy(it.block, data, Some(it.data_crc), valid, dirty);
             relogged += 1;
             i += 1;
         }

@@ -52,6 +52,12 @@ impl SegmentBuf {
         self.crcs[off / BLOCK] = Some(data_block_crc(&self.buf[off..off + BLOCK]));
     }
 
+    /// Records `crc` as the CRC of the block at byte `off`, which the caller copied from a
+    /// block logged with that CRC.
+    pub(super) fn set_crc(&mut self, off: usize, crc: u32) {
+        self.crcs[off / BLOCK] = Some(crc);
+    }
+
     /// The CRC of the block at byte `off`: known, or computed now.
     pub(super) fn crc_of(&self, off: usize) -> u32 {
         match self.crcs[off / BLOCK] {

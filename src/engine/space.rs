@@ -20,15 +20,26 @@ impl State {
         (cb, *o)
     }
 
-    /// Appends a copy of `block` (its 4 KiB `data`) at the head, with its CRC, and maps `block`
-    /// there with `valid` and `dirty` bits (the caller made sure the head has room and that
-    /// `block` is not mapped). Used by read staging and re-logging; writes merge sectors first.
-    pub(super) fn append_copy(&mut self, block: u64, data: &[u8], valid: u8, dirty: u8) {
+    /// Appends a copy of `block` (its 4 KiB `data`) at the head, with its CRC (`known_crc`:
+    /// the CRC `data` was logged with before, else computed), and maps `block` there with
+    /// `valid` and `dirty` bits (the caller made sure the head has room and that `block` is not
+    /// mapped). Used by read staging and re-logging; writes merge sectors first.
+    pub(super) fn append_copy(
+        &mut self,
+        block: u64,
+        data: &[u8],
+        known_crc: Option<u32>,
+        valid: u8,
+        dirty: u8,
+    ) {
         let (cb, o) = self.append_block();
         let off = self.cb_buf_offset(cb);
         let buf = &mut self.log.bufs[o.buf];
         buf.block_mut(off).copy_from_slice(data);
-        buf.update_crc(off);
+        match known_crc {
+            Some(crc) => buf.set_crc(off, crc),
+            None => buf.update_crc(off),
+        }
         self.index.insert(block, cb, valid, dirty);
     }
 

@@ -20,6 +20,8 @@ pub(super) struct Item {
     pub(super) off: usize,
     /// Still the block's current copy: marked clean once written back.
     pub(super) current: bool,
+    /// The data CRC its segment header holds.
+    pub(super) data_crc: u32,
 }
 
 /// How the batch treats one copy of a block it found in a header.
@@ -68,6 +70,7 @@ impl Selection {
                 buf: k,
                 off: j * BLOCK,
                 current: false,
+                data_crc: e.data_crc,
             };
             match classify(it.block, it.cb) {
                 Copy::Current { dirty } => {
@@ -291,6 +294,7 @@ mod tests {
             buf: 0,
             off: 0,
             current: true,
+            data_crc: 0,
         }
     }
 

@@ -335,7 +335,7 @@ def run_row(args, s: Scenario, r: Row, w: Workload, time_s: int, logdir: Path) -
 WB_STAT_KEYS = ("bytes_written", "bytes_written_back", "bytes_cache_written", "bytes_cache_read",
                 "bytes_backing_read", "writeback_batches", "relog_batches", "relogged_blocks",
                 "segments_written",
-                "write_waits_for_space", "nr_dirty_cache_blocks", "nr_cache_blocks", "nr_segments")
+                "write_waits_for_space", "writes_paced", "nr_dirty_cache_blocks", "nr_cache_blocks", "nr_segments")
 
 
 def wb_stats(args, sock: Path) -> dict:
@@ -360,7 +360,7 @@ def wb_note(x: RunResult) -> str:
     relog = (s.get("relogged_blocks") or 0) * 4096 / s["bytes_written"]
     return (f"written back {wb:.0%} of written, re-logged {relog:.0%}, "
             f"cache read {s['bytes_cache_read'] / 2**20:,.0f} MiB, "
-            f"{s['write_waits_for_space']} waits for space")
+            f"{s['write_waits_for_space']} waits for space, {s.get('writes_paced') or 0} paced")
 
 
 # ---------------------------------------------------------------------------------------------

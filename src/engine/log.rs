@@ -36,6 +36,9 @@ pub(super) struct LogState {
     /// Writes waiting for log space: woken only once space is available (or the volume
     /// degraded), not on every change of the volume's state.
     pub(super) space_wakers: Vec<Waker>,
+    /// When a segment was last opened (foreground writes are paced on it while a batch for
+    /// space runs: [`writeback_plan::paced_open_at`](super::writeback_plan::paced_open_at)).
+    pub(super) last_open_ns: u64,
 }
 
 impl LogState {
@@ -70,6 +73,7 @@ impl LogState {
             recorded_writeback: 0,
             prev_header_crc: 0,
             space_wakers: Vec::new(),
+            last_open_ns: 0,
         }
     }
 }
@@ -169,6 +173,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             len: 0,
         });
         st.log.next_id += 1;
+        st.log.last_open_ns = self.rt.now_ns();
         true
     }
 

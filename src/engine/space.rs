@@ -5,6 +5,7 @@
 //!
 //! Owns nothing: the state is the log's.
 
+use super::writeback_plan::{paced_open_at, OpenPacing};
 use super::*;
 
 impl State {
@@ -121,5 +122,25 @@ impl State {
         let used =
             self.log.open.map(|o| o.id).unwrap_or(self.log.next_id) - 1 - self.log.last_writeback;
         self.geo.nr_segments.saturating_sub(used)
+    }
+}
+
+impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
+    /// When the foreground may open its next segment, while a batch that runs for space is in
+    /// flight ([`paced_open_at`]); `None`: now (or no such batch, or the volume is degraded).
+    /// Pacing every sixteen blocks instead cost 7 % of the overflow benchmark's IOPS for the
+    /// same tail.
+    pub(super) fn paced_open_at(&self, st: &State) -> Option<u64> {
+        let started = st.wb.space_batch_started_ns?;
+        if st.health.degraded.is_some() {
+            return None;
+        }
+        paced_open_at(OpenPacing {
+            now_ns: self.rt.now_ns(),
+            last_open_ns: st.log.last_open_ns,
+            free_segments: st.free_segments(),
+            batch_started_ns: started,
+            batch_ns: st.wb.space_batch_ns,
+        })
     }
 }

@@ -49,6 +49,10 @@ pub struct Counters {
     pub backing_flush_errors: u64,
     /// Foreground writes that had to wait for log space.
     pub write_waits_for_space: u64,
+    /// Foreground writes that waited for their turn to open a segment while a batch for space
+    /// ran (the free segments are spread over the batch, so that writers wait a little often
+    /// rather than for a whole batch at once).
+    pub writes_paced: u64,
     /// Bytes of writes that bypassed the cache (sequential cutoff).
     pub bytes_bypassed: u64,
     /// Bypassed writes that failed on the backing device and were written through the log.

@@ -14,6 +14,9 @@ enum Place {
     NeedSpace,
     /// The older copy on the cache device has dirty sectors this write does not cover: read it.
     NeedOldCopy { cb: u64 },
+    /// The block needs a new segment, and while a batch for space runs, segments open paced:
+    /// wait until `at` (ns).
+    Paced { at: u64 },
 }
 
 impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
@@ -45,6 +48,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 st.index.set_bits(cb, v | mask, d | mask);
                 st.counters.stat[stat_index(true, true, true, fullsize)] += 1;
                 return Place::Done { id: o.id };
+            }
+        }
+        if !st.open_has_room() {
+            // Sealed at once (its write starts), opened when pacing allows.
+            self.seal(st);
+            if let Some(at) = self.paced_open_at(st) {
+                return Place::Paced { at };
             }
         }
         if !self.ensure_open_with_room(st) {
@@ -164,6 +174,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let mut sector = offset_sectors;
         let mut last_id = 0;
         let mut waited = false;
+        let mut paced = false;
         while sector < end {
             let block = sector / spb;
             let first = (sector % spb) as u32;
@@ -190,6 +201,19 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                     }
                     Place::NeedOldCopy { cb } => {
                         old_copy = Some((cb, self.read_old_copy(cb).await?));
+                    }
+                    Place::Paced { at } => {
+                        if !paced {
+                            paced = true;
+                            self.st.borrow_mut().counters.writes_paced += 1;
+                        }
+                        // Until `at`, or until the batch ends (its segments are free then).
+                        let batch = self.st.borrow().wb.space_batch_started_ns;
+                        let ended =
+                            self.wait_until(move |st| st.wb.space_batch_started_ns != batch);
+                        let timer = self.rt.sleep(at.saturating_sub(self.rt.now_ns()));
+                        futures::pin_mut!(ended, timer);
+                        futures::future::select(ended, timer).await;
                     }
                     Place::NeedSpace => {
                         if !waited {

@@ -43,6 +43,11 @@ pub(super) struct WritebackState {
     /// sampled at.
     pub(super) seal_rate_per_s: u64,
     pub(super) seal_sample: (u64, u64),
+    /// When the batch in flight that runs for space started (`None`: no such batch), and how
+    /// long such batches take, start to record (moving average): foreground segment opens are
+    /// paced on them.
+    pub(super) space_batch_started_ns: Option<u64>,
+    pub(super) space_batch_ns: u64,
 }
 
 /// Moving average with weight 1/4 for the new sample (the first sample is taken as it is).
@@ -230,11 +235,21 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     /// One batch. The caller set `writeback_in_flight`; this clears it. `for_space`: log space
     /// is short, so the batch may re-log instead of writing back.
     pub(super) async fn writeback_batch(self: &Rc<Self>, for_space: bool) -> Result<u64, IoError> {
+        let before = self.st.borrow().log.last_writeback;
+        if for_space {
+            self.st.borrow_mut().wb.space_batch_started_ns = Some(self.rt.now_ns());
+        }
         let r = self.writeback_batch_inner(for_space).await;
         let now = self.rt.now_ns();
         {
             let mut st = self.st.borrow_mut();
             st.wb.writeback_in_flight = false;
+            if let Some(started) = st.wb.space_batch_started_ns.take() {
+                // Batches that reclaimed segments (not those that found nothing to do).
+                if r.is_ok() && st.log.last_writeback > before {
+                    st.wb.space_batch_ns = ewma(st.wb.space_batch_ns, now.saturating_sub(started));
+                }
+            }
             match &r {
                 Ok(_) => st.wb.writeback_backoff_ns = 0,
                 Err(_) => {

@@ -150,6 +150,35 @@ pub(super) fn relog_is_cheaper(c: ReclaimCosts) -> bool {
         < (c.writeback_batch_ns as u128) * ((c.batch_blocks - c.live_dirty) as u128)
 }
 
+/// What pacing the foreground's segment opens rests on, while a batch that runs for space is
+/// in flight.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OpenPacing {
+    pub(super) now_ns: u64,
+    /// When a segment was last opened (by the foreground or by re-logging).
+    pub(super) last_open_ns: u64,
+    /// Segments free to open now.
+    pub(super) free_segments: u64,
+    /// When the batch in flight started, and how long such batches take (moving average; 0:
+    /// not measured yet).
+    pub(super) batch_started_ns: u64,
+    pub(super) batch_ns: u64,
+}
+
+/// When the foreground may open its next segment (`None`: now). The free segments are spread
+/// evenly over what remains of the batch in flight (at least an eighth of a batch, once it
+/// overruns), so that writers wait a little at each segment, rather than all together for a
+/// whole batch once the free segments run out. Pure.
+pub(super) fn paced_open_at(p: OpenPacing) -> Option<u64> {
+    if p.batch_ns == 0 || p.free_segments == 0 {
+        return None;
+    }
+    let end = p.batch_started_ns.saturating_add(p.batch_ns);
+    let remaining = end.saturating_sub(p.now_ns).max(p.batch_ns / 8);
+    let at = p.last_open_ns.saturating_add(remaining / p.free_segments);
+    (at > p.now_ns).then_some(at)
+}
+
 /// One backing write of a batch, over `items` (sorted by backing block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PlannedWrite {
@@ -369,5 +398,44 @@ mod tests {
                 },
             ]
         );
+    }
+
+    fn pacing(now_ns: u64, last_open_ns: u64, free_segments: u64) -> OpenPacing {
+        OpenPacing {
+            now_ns,
+            last_open_ns,
+            free_segments,
+            batch_started_ns: 1_000_000,
+            batch_ns: 8_000_000,
+        }
+    }
+
+    #[test]
+    fn paced_opens_spread_the_free_segments_over_the_rest_of_the_batch() {
+        // 4 ms left, 8 free: one open per 0.5 ms.
+        assert_eq!(
+            paced_open_at(pacing(5_000_000, 4_900_000, 8)),
+            Some(5_400_000)
+        );
+        assert_eq!(paced_open_at(pacing(5_000_000, 4_400_000, 8)), None);
+        // Fewer free segments: longer waits.
+        assert_eq!(
+            paced_open_at(pacing(5_000_000, 4_900_000, 2)),
+            Some(6_900_000)
+        );
+        // An overrunning batch is taken to end within an eighth of a batch (1 ms).
+        assert_eq!(
+            paced_open_at(pacing(20_000_000, 19_900_000, 4)),
+            Some(20_150_000)
+        );
+    }
+
+    #[test]
+    fn nothing_is_paced_unmeasured_or_without_free_segments() {
+        let mut p = pacing(5_000_000, 4_999_000, 8);
+        p.batch_ns = 0;
+        assert_eq!(paced_open_at(p), None);
+        // No free segment: the write waits for space instead (not for a time).
+        assert_eq!(paced_open_at(pacing(5_000_000, 4_999_000, 0)), None);
     }
 }

@@ -116,7 +116,7 @@ fn sim_seeds() {
     // unreachable would silently stop testing them). Checked on runs of the default size.
     if count >= DEFAULT_SEEDS {
         let pct = |n: u64| n * 100 / cov.seeds.max(1);
-        let floors: [(&str, u64, u64); 13] = [
+        let floors: [(&str, u64, u64); 14] = [
             (
                 "seeds with overlapping writes",
                 pct(cov.seeds_overlapping),
@@ -170,6 +170,7 @@ fn sim_seeds() {
                 1000,
             ),
             ("seeds that re-logged", pct(cov.seeds_relogged), 10),
+            ("seeds that paced writes", pct(cov.seeds_paced), 20),
         ];
         let short: Vec<String> = floors
             .iter()

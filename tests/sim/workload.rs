@@ -252,6 +252,9 @@ pub struct Coverage {
     /// Live dirty blocks reclaim moved to the head of the log, and the seeds that did it.
     pub relogged_blocks: u64,
     pub seeds_relogged: u64,
+    /// Writes paced while a batch for space ran, and the seeds that paced some.
+    pub writes_paced: u64,
+    pub seeds_paced: u64,
 }
 
 impl Coverage {
@@ -289,7 +292,9 @@ impl Coverage {
             reads_failed_cache_gone,
             bypass_retried_in_log,
             relogged_blocks,
-            seeds_relogged
+            seeds_relogged,
+            writes_paced,
+            seeds_paced
         );
         self.ns_to_degraded_max = self.ns_to_degraded_max.max(o.ns_to_degraded_max);
     }
@@ -785,6 +790,7 @@ fn retire(ctx: &Ctx, vol: &Vol) {
     let c = vol.status().counters;
     ctx.cov.borrow_mut().bypass_retried_in_log += c.bypass_retried_in_log;
     ctx.cov.borrow_mut().relogged_blocks += c.relogged_blocks;
+    ctx.cov.borrow_mut().writes_paced += c.writes_paced;
     ctx.staged.set(ctx.staged.get() + c.staged_blocks);
     ctx.bypassed.set(ctx.bypassed.get() + c.bytes_bypassed);
 }
@@ -1467,6 +1473,7 @@ fn run_epochs(ctx: &Rc<Ctx>, cache: &SimDisk, backing: &SimDisk) -> Result<Cover
     cov.seeds_bypassed = (ctx.bypassed.get() > 0) as u64;
     cov.seeds_staged = (ctx.staged.get() > 0) as u64;
     cov.seeds_relogged = (cov.relogged_blocks > 0) as u64;
+    cov.seeds_paced = (cov.writes_paced > 0) as u64;
     cov.seeds_staged_and_bypassed = (ctx.staged.get() > 0 && ctx.bypassed.get() > 0) as u64;
     cov.seeds_multi_chunk_zeroes_bypassed =
         (ctx.multi_chunk_zeroes.get() > 0 && ctx.bypassed.get() > 0) as u64;

@@ -84,9 +84,11 @@ fn shared_slice(buf: &Rc<AlignedBuf>, start: usize, len: usize) -> SharedSlice {
 }
 
 /// Runs `ops` (each with its size in bytes) with at most `depth` in flight, starting at most
-/// [`SUBMIT_BURST`] operations or [`SUBMIT_BURST_BYTES`] (at least one operation) per executor
-/// turn, and hands each result to `done` in completion order. Every operation runs to completion
-/// (an I/O future is never dropped in flight).
+/// [`SUBMIT_BURST`] operations or [`SUBMIT_BURST_BYTES`] (at least one operation) between two
+/// yields to the executor, and hands each result to `done` in completion order. (Counted across
+/// completions too: a window kept full would otherwise start as many operations in one poll as
+/// completions were ready.) Every operation runs to completion (an I/O future is never dropped
+/// in flight).
 async fn paced<F: Future>(
     ops: impl Iterator<Item = (usize, F)>,
     depth: usize,
@@ -96,8 +98,9 @@ async fn paced<F: Future>(
     use futures::FutureExt;
     let mut ops = ops.peekable();
     let mut inflight = FuturesUnordered::new();
+    // Started since the last yield.
+    let (mut started, mut bytes) = (0, 0);
     loop {
-        let (mut started, mut bytes) = (0, 0);
         while inflight.len() < depth && started < SUBMIT_BURST && bytes < SUBMIT_BURST_BYTES {
             match ops.next() {
                 Some((len, op)) => {
@@ -120,6 +123,7 @@ async fn paced<F: Future>(
                 done(r);
             }
             crate::runtime::yield_now().await;
+            (started, bytes) = (0, 0);
             continue;
         }
         if let Some(r) = inflight.next().await {

@@ -305,6 +305,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         })
     }
 
+    /// Waits until `cond` holds (as [`Self::wait_until`]) or `ns` have passed, whichever comes
+    /// first.
+    async fn wait_until_at_most(&self, cond: impl FnMut(&State) -> bool, ns: u64) {
+        let holds = self.wait_until(cond);
+        let timer = self.rt.sleep(ns);
+        futures::pin_mut!(holds, timer);
+        futures::future::select(holds, timer).await;
+    }
+
     fn bump_progress(&self) {
         self.progress.set(self.progress.get() + 1);
     }

@@ -54,10 +54,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let st = &mut *self.st.borrow_mut();
             st.durability.flush_wanted = st.durability.flush_wanted.max(target);
         }
-        let durable = self.wait_until(move |st| st.log.last_durable >= target);
-        let timer = self.rt.sleep(RELOG_SEAL_WAIT_NS);
-        futures::pin_mut!(durable, timer);
-        futures::future::select(durable, timer).await;
+        self.wait_until_at_most(move |st| st.log.last_durable >= target, RELOG_SEAL_WAIT_NS)
+            .await;
         self.make_durable(target, true).await
     }
 

@@ -209,11 +209,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         }
                         // Until `at`, or until the batch ends (its segments are free then).
                         let batch = self.st.borrow().wb.space_batch_started_ns;
-                        let ended =
-                            self.wait_until(move |st| st.wb.space_batch_started_ns != batch);
-                        let timer = self.rt.sleep(at.saturating_sub(self.rt.now_ns()));
-                        futures::pin_mut!(ended, timer);
-                        futures::future::select(ended, timer).await;
+                        self.wait_until_at_most(
+                            move |st| st.wb.space_batch_started_ns != batch,
+                            at.saturating_sub(self.rt.now_ns()),
+                        )
+                        .await;
                     }
                     Place::NeedSpace => {
                         if !waited {

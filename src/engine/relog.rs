@@ -6,7 +6,7 @@
 //!
 //! Owns nothing: the measured costs live in `WritebackState`.
 
-use super::writeback::SUBMIT_BURST;
+use super::writeback::RELOG_BURST;
 use super::writeback_plan::{relog_is_cheaper, Item, ReclaimCosts};
 use super::*;
 
@@ -103,7 +103,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     /// Re-logs `items` (the batch's current dirty copies, in log order; their data in `bufs`),
-    /// [`SUBMIT_BURST`] per executor turn, waiting for what passes by itself (a RAM buffer, a
+    /// [`RELOG_BURST`] per executor turn, waiting for what passes by itself (a RAM buffer, a
     /// reader of the next slot); what is left once the head needs reclaim (or the volume is
     /// degraded) stays in `items` for the batch to write back. Then makes the head durable.
     /// Returns how many were re-logged.
@@ -114,7 +114,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     ) -> Result<u64, IoError> {
         let mut relogged = 0;
         loop {
-            let (n, out_of_room) = self.relog_items(items, bufs, SUBMIT_BURST);
+            let (n, out_of_room) = self.relog_items(items, bufs, RELOG_BURST);
             relogged += n;
             if !items.is_empty() && !out_of_room {
                 // A burst moved: let the foreground run (tail latency).

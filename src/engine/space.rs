@@ -115,6 +115,16 @@ impl State {
             && self.log.slot_buf[slot] == NO_BUF
     }
 
+    /// Segments the next writeback batch takes at most
+    /// ([`writeback_plan::batch_segments`](super::writeback_plan::batch_segments)).
+    pub(super) fn batch_segments(&self) -> u64 {
+        super::writeback_plan::batch_segments(
+            self.opts.nr_max_batched_writeback,
+            self.wb.backing_write_ns,
+            self.wb.cache_write_ns,
+        )
+    }
+
     /// Segments not written back (counted from `last_writeback_id` to the open one) subtracted
     /// from the log's: what reclaim has freed.
     #[inline]

@@ -187,7 +187,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         // RAM buffers and one batch's worth of writes consume while a batch runs, or an eighth
         // of the log. (A quarter wrote back 6-9 % more in the fits benchmark, for nothing.)
         let low_water = (st.geo.nr_segments / 8)
-            .max(st.opts.nr_max_batched_writeback + st.log.bufs.len() as u64)
+            .max(st.batch_segments() + st.log.bufs.len() as u64)
             .min(st.geo.nr_segments / 2)
             .max(2);
         let for_space = (st.wb.space_waiters > 0 && st.log_full()) || free < low_water;
@@ -302,7 +302,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let last_id = st
                 .log
                 .last_durable
-                .min(st.log.last_writeback + st.opts.nr_max_batched_writeback);
+                .min(st.log.last_writeback + st.batch_segments());
             let mut slots = Vec::new();
             // (segment id, slot offset) of each segment with blocks.
             let mut reads: Vec<(u64, u64)> = Vec::new();

@@ -29,7 +29,7 @@ pub const TUNABLES: &[Tunable] = &[
         max: 256,
         default: 32,
         dynamic: true,
-        doc: "segments written back per batch at most (a quarter of it once the backing device is measured fast)",
+        doc: "segments per writeback batch at most (a quarter of it once the backing device is measured fast, half while re-logging keeps space free)",
     },
     Tunable {
         name: "update_sb_record_interval",

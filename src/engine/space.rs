@@ -122,6 +122,7 @@ impl State {
             self.opts.nr_max_batched_writeback,
             self.wb.backing_write_ns,
             self.wb.cache_write_ns,
+            self.wb.relog_favoured,
         )
     }
 

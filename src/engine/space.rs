@@ -116,13 +116,16 @@ impl State {
     }
 
     /// Segments the next writeback batch takes at most
-    /// ([`writeback_plan::batch_segments`](super::writeback_plan::batch_segments)).
+    /// ([`writeback_plan::batch_segments`](super::writeback_plan::batch_segments)). Draining
+    /// (`drop_caches`, shutdown) never re-logs, so it takes full batches to a slow device even
+    /// when the last batch for space re-logged.
     pub(super) fn batch_segments(&self) -> u64 {
+        let draining = self.wb.drop_caches_active > 0 || self.wb.shutting_down;
         super::writeback_plan::batch_segments(
             self.opts.nr_max_batched_writeback,
             self.wb.backing_write_ns,
             self.wb.cache_write_ns,
-            self.wb.relog_favoured,
+            self.wb.relog_favoured && !draining,
         )
     }
 

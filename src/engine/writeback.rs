@@ -65,7 +65,7 @@ const QUEUE_DEPTH: usize = 1024;
 /// Device operations, and bytes, a batch starts per executor turn: a batch of a thousand I/Os
 /// started at once would hold the thread for a millisecond and show in the foreground's tail
 /// latency (with CPU copies, as malloc bdevs do, the bytes are what costs). 32 operations and
-/// 128 KiB gave fits a p99.9 of 210-221 µs, this 130-166 µs (docs/BENCHMARKS.md, "Tail latency").
+/// 128 KiB gave fits a p99.9 of 209-221 µs, this 130-166 µs (docs/BENCHMARKS.md, "Tail latency").
 const SUBMIT_BURST: usize = 16;
 const SUBMIT_BURST_BYTES: usize = 64 << 10;
 /// Copies re-logging moves per executor turn (copies into the open segment; 16 made slow

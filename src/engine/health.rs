@@ -360,7 +360,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         {
             let mut st = self.st.borrow_mut();
             for it in &items {
-                if st.index.backing_of(it.cb) == it.block && st.index.dirty(it.cb) != 0 {
+                if st.index.maps(it.block, it.cb) && st.index.dirty(it.cb) != 0 {
                     st.nr_dirty -= 1;
                     st.index.remove(it.cb);
                     st.counters.rescued_blocks += 1;

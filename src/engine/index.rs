@@ -66,6 +66,13 @@ impl Index {
         }
     }
 
+    /// Whether `block` is mapped to `cb`: the same answer as `lookup(block) == Some(cb)`, from
+    /// the cache block's own entry (adjacent cache blocks are adjacent in memory) instead of a
+    /// hash probe (two dependent cache misses).
+    pub fn maps(&self, block: u64, cb: u64) -> bool {
+        block != NO_BLOCK && self.backing[cb as usize] == block
+    }
+
     pub fn backing_of(&self, cb: u64) -> u64 {
         self.backing[cb as usize]
     }
@@ -159,6 +166,9 @@ mod tests {
                 }
                 for b in 0..64 {
                     prop_assert_eq!(idx.lookup(b), model.get(&b).copied());
+                    for c in 0..48 {
+                        prop_assert_eq!(idx.maps(b, c), idx.lookup(b) == Some(c));
+                    }
                 }
                 prop_assert_eq!(idx.len(), model.len());
             }

@@ -78,7 +78,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         let mut i = 0;
         while i < items.len() {
             let it = &items[i];
-            if st.index.lookup(it.block) != Some(it.cb) {
+            if !st.index.maps(it.block, it.cb) {
                 i += 1;
                 continue;
             }

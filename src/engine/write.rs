@@ -60,8 +60,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if !self.ensure_open_with_room(st) {
             return Place::NeedSpace;
         }
-        // Opening a segment may have evicted a clean old copy: look again.
-        let old = st.index.lookup(block);
+        // Opening a segment may have evicted a clean old copy (it only unmaps): look again.
+        let old = old.filter(|&cb| st.index.maps(block, cb));
         let mut need = 0u8;
         let mut old_in_ram = None;
         if let Some(cb) = old {

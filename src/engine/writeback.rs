@@ -386,24 +386,22 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         if st.cutoff.bypass_inflight.contains_key(&block) {
                             return Copy::Skip;
                         }
-                        match st.index.lookup(block) {
-                            Some(c) if c == cb => Copy::Current {
-                                dirty: st.index.dirty(c),
-                            },
-                            Some(c) => {
-                                let newer_id = st.log.slot_id[st.slot_of_cb(c) as usize];
-                                // A newer copy in this batch is written itself; a durable one
-                                // is safe.
-                                let newer_safe = newer_id <= last_id
-                                    || (newer_id <= st.log.last_durable
-                                        && st.cb_in_ram(c).is_none());
-                                if newer_safe {
-                                    Copy::Skip
-                                } else {
-                                    Copy::SupersededByUndurable
-                                }
-                            }
-                            None => Copy::Skip,
+                        if st.index.maps(block, cb) {
+                            return Copy::Current {
+                                dirty: st.index.dirty(cb),
+                            };
+                        }
+                        let Some(c) = st.index.lookup(block) else {
+                            return Copy::Skip;
+                        };
+                        let newer_id = st.log.slot_id[st.slot_of_cb(c) as usize];
+                        // A newer copy in this batch is written itself; a durable one is safe.
+                        let newer_safe = newer_id <= last_id
+                            || (newer_id <= st.log.last_durable && st.cb_in_ram(c).is_none());
+                        if newer_safe {
+                            Copy::Skip
+                        } else {
+                            Copy::SupersededByUndurable
                         }
                     },
                 );
@@ -555,7 +553,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             }
             let mut st = self.st.borrow_mut();
             for it in chunk.iter().filter(|it| it.current) {
-                if st.index.backing_of(it.cb) == it.block && st.index.dirty(it.cb) != 0 {
+                if st.index.maps(it.block, it.cb) && st.index.dirty(it.cb) != 0 {
                     let v = st.index.valid(it.cb);
                     st.index.set_bits(it.cb, v, 0);
                     st.nr_dirty -= 1;

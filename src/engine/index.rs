@@ -73,6 +73,13 @@ impl Index {
         block != NO_BLOCK && self.backing[cb as usize] == block
     }
 
+    /// The address of `block`'s home slot in the table, where its lookup starts: for a caller
+    /// that prefetches it while it does other work (a lookup's first cache miss).
+    pub fn home_slot_addr(&self, block: u64) -> *const u8 {
+        let i = hash(block) as usize & self.mask;
+        self.table[i..].as_ptr().cast()
+    }
+
     pub fn backing_of(&self, cb: u64) -> u64 {
         self.backing[cb as usize]
     }

@@ -423,6 +423,13 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         self.inner.backing_info.size_bytes / SECTOR_SIZE_BYTES as u64
     }
 
+    /// Where the index lookup of the block holding `sector` starts, for the glue to prefetch
+    /// when an I/O arrives (the lookup runs a moment later, once the I/O's task is set up).
+    pub fn index_home_addr(&self, sector: u64) -> *const u8 {
+        let block = sector / SECTORS_PER_BLOCK as u64;
+        self.inner.st.borrow().index.home_slot_addr(block)
+    }
+
     pub fn cache_info(&self) -> &DeviceInfo {
         &self.inner.cache_info
     }

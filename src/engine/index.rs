@@ -66,6 +66,25 @@ impl Index {
         }
     }
 
+    /// [`Self::lookup`] of each of `blocks`, into `out`. The table slots, then the cache
+    /// blocks' entries, are loaded in two passes of independent loads, so that their cache
+    /// misses overlap instead of following one another (a lookup is two dependent misses).
+    pub fn lookup_many(&self, blocks: &[u64], out: &mut Vec<Option<u64>>) {
+        out.clear();
+        out.extend(blocks.iter().map(|&b| {
+            let cb = self.table[hash(b) as usize & self.mask];
+            (cb != EMPTY).then_some(cb as u64)
+        }));
+        for (o, &b) in out.iter_mut().zip(blocks) {
+            if let Some(cb) = *o {
+                if self.backing[cb as usize] != b {
+                    // Not in its home slot: probe on.
+                    *o = self.lookup(b);
+                }
+            }
+        }
+    }
+
     /// Whether `block` is mapped to `cb`: the same answer as `lookup(block) == Some(cb)`, from
     /// the cache block's own entry (adjacent cache blocks are adjacent in memory) instead of a
     /// hash probe (two dependent cache misses).
@@ -171,8 +190,12 @@ mod tests {
                     }
                     _ => {}
                 }
+                let all: Vec<u64> = (0..64).collect();
+                let mut many = Vec::new();
+                idx.lookup_many(&all, &mut many);
                 for b in 0..64 {
                     prop_assert_eq!(idx.lookup(b), model.get(&b).copied());
+                    prop_assert_eq!(many[b as usize], model.get(&b).copied());
                     for c in 0..48 {
                         prop_assert_eq!(idx.maps(b, c), idx.lookup(b) == Some(c));
                     }

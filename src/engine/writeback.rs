@@ -9,7 +9,7 @@
 //! Owns: [`WritebackState`] (a batch in flight, its backoff, what holds writeback back, and the
 //! measured costs that choose between writing back and re-logging).
 
-use super::writeback_plan::{coalesce, Copy, PlannedWrite, Selection};
+use super::writeback_plan::{coalesce, PlannedWrite, Selection};
 use super::*;
 use crate::engine::stats::ErrorKind;
 use crate::format::SegmentHeader;
@@ -366,6 +366,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         // below the recorded writeback id. A copy superseded by a durable one, or discarded,
         // is skipped.
         let mut selection = Selection::default();
+        let (mut blocks, mut found) = (Vec::new(), Vec::new());
         for (n, chunk) in headers.chunks(SELECT_HEADERS_PER_TURN).enumerate() {
             if n > 0 {
                 // The foreground runs between chunks (tail latency). A copy classified before
@@ -375,35 +376,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             let st = self.st.borrow();
             let dpb = st.dpb();
             for (i, h) in chunk.iter().enumerate() {
+                blocks.clear();
+                blocks.extend(h.entries.iter().map(|e| e.backing_block));
+                st.index.lookup_many(&blocks, &mut found);
                 selection.add(
                     n * SELECT_HEADERS_PER_TURN + i,
                     h,
                     dpb,
                     |h| st.geo.slot_of_id(h),
-                    |block, cb| {
-                        // A block being written through (degraded) is newer on its way to the
-                        // backing device: writing the cached copy could land after it.
-                        if st.cutoff.bypass_inflight.contains_key(&block) {
-                            return Copy::Skip;
-                        }
-                        if st.index.maps(block, cb) {
-                            return Copy::Current {
-                                dirty: st.index.dirty(cb),
-                            };
-                        }
-                        let Some(c) = st.index.lookup(block) else {
-                            return Copy::Skip;
-                        };
-                        let newer_id = st.log.slot_id[st.slot_of_cb(c) as usize];
-                        // A newer copy in this batch is written itself; a durable one is safe.
-                        let newer_safe = newer_id <= last_id
-                            || (newer_id <= st.log.last_durable && st.cb_in_ram(c).is_none());
-                        if newer_safe {
-                            Copy::Skip
-                        } else {
-                            Copy::SupersededByUndurable
-                        }
-                    },
+                    |block, cb| st.classify_copy(block, cb, found[(cb % dpb) as usize], last_id),
                 );
             }
         }

@@ -1,9 +1,10 @@
 //! Reclaim planning, pure over headers, the index's answers and measured costs: which copies a
 //! batch writes ([`Selection`]), how sorted copies become backing writes ([`coalesce`]), and
 //! whether a batch re-logs its live dirty blocks instead of writing them back
-//! ([`relog_is_cheaper`]).
+//! ([`relog_is_cheaper`]); and how one copy is classified against the volume's state
+//! ([`State::classify_copy`], the one part that reads it).
 
-use super::{runs, BLOCK};
+use super::{runs, State, BLOCK};
 use crate::format::SegmentHeader;
 use std::collections::HashMap;
 
@@ -93,6 +94,41 @@ impl Selection {
     pub(super) fn finish(mut self) -> Vec<Item> {
         self.items.extend(self.superseded.into_values());
         self.items
+    }
+}
+
+impl State {
+    /// What a batch whose last segment is `last_id` does with the copy of `block` in cache
+    /// block `cb` (`found`: where the index maps `block`).
+    pub(super) fn classify_copy(
+        &self,
+        block: u64,
+        cb: u64,
+        found: Option<u64>,
+        last_id: u64,
+    ) -> Copy {
+        // A block being written through (degraded) is newer on its way to the backing device:
+        // writing the cached copy could land after it.
+        if self.cutoff.bypass_inflight.contains_key(&block) {
+            return Copy::Skip;
+        }
+        match found {
+            Some(c) if c == cb => Copy::Current {
+                dirty: self.index.dirty(cb),
+            },
+            Some(c) => {
+                let newer_id = self.log.slot_id[self.slot_of_cb(c) as usize];
+                // A newer copy in this batch is written itself; a durable one is safe.
+                let newer_safe = newer_id <= last_id
+                    || (newer_id <= self.log.last_durable && self.cb_in_ram(c).is_none());
+                if newer_safe {
+                    Copy::Skip
+                } else {
+                    Copy::SupersededByUndurable
+                }
+            }
+            None => Copy::Skip,
+        }
     }
 }
 

@@ -129,6 +129,30 @@ impl Index {
         self.len += 1;
     }
 
+    /// Moves the mapping of cache block `from` (which must be mapped) to the unused cache block
+    /// `to`, with new bits: what `remove(from)` then `insert(block, to, ..)` do, in place. The
+    /// table slot keeps its place, so neither the backward shift nor a new probe runs (each
+    /// reads the entries of other blocks: cache misses).
+    pub fn relocate(&mut self, from: u64, to: u64, valid: u8, dirty: u8) {
+        let block = self.backing[from as usize];
+        debug_assert!(block != NO_BLOCK);
+        debug_assert_eq!(self.backing[to as usize], NO_BLOCK, "cache block in use");
+        let mut i = hash(block) as usize & self.mask;
+        while self.table[i] != from as u32 {
+            assert!(
+                self.table[i] != EMPTY,
+                "cache block {from} (block {block}) missing from the table"
+            );
+            i = (i + 1) & self.mask;
+        }
+        self.table[i] = to as u32;
+        self.backing[from as usize] = NO_BLOCK;
+        self.valid[from as usize] = 0;
+        self.dirty[from as usize] = 0;
+        self.backing[to as usize] = block;
+        self.set_bits(to, valid, dirty);
+    }
+
     /// Unmaps cache block `cb` (which must be mapped). Backward-shift deletion keeps probes short.
     pub fn remove(&mut self, cb: u64) {
         let block = self.backing[cb as usize];
@@ -175,7 +199,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn index_matches_a_hashmap(ops in proptest::collection::vec((0u8..3, 0u64..64, 0u64..48), 1..400)) {
+        fn index_matches_a_hashmap(ops in proptest::collection::vec((0u8..4, 0u64..64, 0u64..48), 1..400)) {
             let mut idx = Index::new(48);
             let mut model: HashMap<u64, u64> = HashMap::new();
             for (op, block, cb) in ops {
@@ -187,6 +211,15 @@ mod tests {
                     }
                     1 => {
                         if let Some(cb) = model.remove(&block) { idx.remove(cb); }
+                    }
+                    2 => {
+                        // Move `block` to the unused cache block `cb`.
+                        let Some(&from) = model.get(&block) else { continue };
+                        if model.values().any(|&c| c == cb) { continue; }
+                        idx.relocate(from, cb, 0x0f, 0x03);
+                        model.insert(block, cb);
+                        prop_assert_eq!(idx.backing_of(from), NO_BLOCK);
+                        prop_assert_eq!((idx.valid(cb), idx.dirty(cb)), (0x0f, 0x03));
                     }
                     _ => {}
                 }

@@ -66,7 +66,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 continue;
             }
             let src = ((block * spb - out_first_sector) as usize) * SECTOR;
-            st.append_copy(block, &out[src..src + BLOCK], None, 0xff, 0);
+            st.append_copy(block, &out[src..src + BLOCK], None, None, (0xff, 0));
             st.counters.staged_blocks += 1;
         }
     }

@@ -89,12 +89,11 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                 out_of_room = true;
                 break;
             }
-            let (valid, dirty) = (st.index.valid(it.cb), st.index.dirty(it.cb));
-            st.index.remove(it.cb);
+            let bits = (st.index.valid(it.cb), st.index.dirty(it.cb));
             let data = &bufs[it.buf][it.off..it.off + BLOCK];
             // The copy keeps the CRC its segment header gave it: not computed again, and a
             // block read back damaged is not blessed with a CRC of the damage.
-            st.append_copy(it.block, data, Some(it.data_crc), valid, dirty);
+            st.append_copy(it.block, data, Some(it.data_crc), Some(it.cb), bits);
             relogged += 1;
             i += 1;
         }

@@ -23,15 +23,16 @@ impl State {
 
     /// Appends a copy of `block` (its 4 KiB `data`) at the head, with its CRC (`known_crc`:
     /// the CRC `data` was logged with before, else computed), and maps `block` there with
-    /// `valid` and `dirty` bits (the caller made sure the head has room and that `block` is not
-    /// mapped). Used by read staging and re-logging; writes merge sectors first.
+    /// `valid` and `dirty` bits: a new mapping, or `moved_from`'s (the cache block mapping
+    /// `block` now) moved. The caller made sure the head has room. Used by read staging and
+    /// re-logging; writes merge sectors first.
     pub(super) fn append_copy(
         &mut self,
         block: u64,
         data: &[u8],
         known_crc: Option<u32>,
-        valid: u8,
-        dirty: u8,
+        moved_from: Option<u64>,
+        (valid, dirty): (u8, u8),
     ) {
         let (cb, o) = self.append_block();
         let off = self.cb_buf_offset(cb);
@@ -41,7 +42,13 @@ impl State {
             Some(crc) => buf.set_crc(off, crc),
             None => buf.update_crc(off),
         }
-        self.index.insert(block, cb, valid, dirty);
+        match moved_from {
+            Some(from) => {
+                debug_assert!(self.index.maps(block, from));
+                self.index.relocate(from, cb, valid, dirty);
+            }
+            None => self.index.insert(block, cb, valid, dirty),
+        }
     }
 
     /// True when the next segment's slot still holds a segment not (recorded) written back.

@@ -106,13 +106,15 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
             dirty |= need & od;
         }
         st.log.bufs[o.buf].update_crc(off);
-        if let Some(old_cb) = old {
-            if st.index.dirty(old_cb) != 0 {
-                st.nr_dirty -= 1;
+        match old {
+            Some(old_cb) => {
+                if st.index.dirty(old_cb) != 0 {
+                    st.nr_dirty -= 1;
+                }
+                st.index.relocate(old_cb, cb, valid, dirty);
             }
-            st.index.remove(old_cb);
+            None => st.index.insert(block, cb, valid, dirty),
         }
-        st.index.insert(block, cb, valid, dirty);
         st.nr_dirty += 1;
         st.counters.stat[stat_index(true, old.is_some(), false, fullsize)] += 1;
         Place::Done { id: o.id }

@@ -134,27 +134,16 @@ impl Index {
     /// table slot keeps its place, so neither the backward shift nor a new probe runs (each
     /// reads the entries of other blocks: cache misses).
     pub fn relocate(&mut self, from: u64, to: u64, valid: u8, dirty: u8) {
-        let block = self.backing[from as usize];
-        debug_assert!(block != NO_BLOCK);
         debug_assert_eq!(self.backing[to as usize], NO_BLOCK, "cache block in use");
-        let mut i = hash(block) as usize & self.mask;
-        while self.table[i] != from as u32 {
-            assert!(
-                self.table[i] != EMPTY,
-                "cache block {from} (block {block}) missing from the table"
-            );
-            i = (i + 1) & self.mask;
-        }
+        let (i, block) = self.table_slot_of(from);
         self.table[i] = to as u32;
-        self.backing[from as usize] = NO_BLOCK;
-        self.valid[from as usize] = 0;
-        self.dirty[from as usize] = 0;
+        self.clear_entry(from);
         self.backing[to as usize] = block;
         self.set_bits(to, valid, dirty);
     }
 
-    /// Unmaps cache block `cb` (which must be mapped). Backward-shift deletion keeps probes short.
-    pub fn remove(&mut self, cb: u64) {
+    /// The table slot holding cache block `cb` (which must be mapped), and `cb`'s block.
+    fn table_slot_of(&self, cb: u64) -> (usize, u64) {
         let block = self.backing[cb as usize];
         debug_assert!(block != NO_BLOCK);
         let mut i = hash(block) as usize & self.mask;
@@ -166,6 +155,19 @@ impl Index {
             );
             i = (i + 1) & self.mask;
         }
+        (i, block)
+    }
+
+    /// Forgets cache block `cb`'s own entry (the caller updated its table slot).
+    fn clear_entry(&mut self, cb: u64) {
+        self.backing[cb as usize] = NO_BLOCK;
+        self.valid[cb as usize] = 0;
+        self.dirty[cb as usize] = 0;
+    }
+
+    /// Unmaps cache block `cb` (which must be mapped). Backward-shift deletion keeps probes short.
+    pub fn remove(&mut self, cb: u64) {
+        let (i, _) = self.table_slot_of(cb);
         let mut hole = i;
         let mut j = (i + 1) & self.mask;
         loop {
@@ -184,9 +186,7 @@ impl Index {
             j = (j + 1) & self.mask;
         }
         self.table[hole] = EMPTY;
-        self.backing[cb as usize] = NO_BLOCK;
-        self.valid[cb as usize] = 0;
-        self.dirty[cb as usize] = 0;
+        self.clear_entry(cb);
         self.len -= 1;
     }
 }

@@ -299,14 +299,16 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
                         continue;
                     }
                     let cb = s.slot * dpb + j as u64;
-                    if let Some(old) = st.index.lookup(e.backing_block) {
-                        if st.index.dirty(old) != 0 {
-                            nr_dirty -= 1;
-                        }
-                        st.index.remove(old);
-                    }
                     let dirty = e.dirty_bits;
-                    st.index.insert(e.backing_block, cb, e.valid_bits, dirty);
+                    match st.index.lookup(e.backing_block) {
+                        Some(old) => {
+                            if st.index.dirty(old) != 0 {
+                                nr_dirty -= 1;
+                            }
+                            st.index.relocate(old, cb, e.valid_bits, dirty);
+                        }
+                        None => st.index.insert(e.backing_block, cb, e.valid_bits, dirty),
+                    }
                     if dirty != 0 {
                         nr_dirty += 1;
                     }

@@ -200,13 +200,15 @@ enum Storage {
     /// An over-allocated `Vec` (aligned by an offset).
     Heap(Vec<u8>),
     External(Box<dyn IoMemory>),
+    /// Memory lent for one I/O by its owner ([`AlignedBuf::lent`]): never pooled.
+    Lent(Box<dyn IoMemory>),
 }
 
 impl Storage {
     fn capacity(&self) -> usize {
         match self {
             Storage::Heap(v) => v.len(),
-            Storage::External(m) => m.bytes().len(),
+            Storage::External(m) | Storage::Lent(m) => m.bytes().len(),
         }
     }
 }
@@ -250,8 +252,28 @@ impl AlignedBuf {
                 debug_assert_eq!(m.bytes().as_ptr() as usize % BUF_ALIGN, 0);
                 0
             }
+            Storage::Lent(_) => 0,
         };
         AlignedBuf { storage, off, len }
+    }
+
+    /// All of `mem`, lent by its owner for one I/O (the SPDK glue lends a read request's own
+    /// buffer, so that the device reads straight into it). Unlike every other buffer it is
+    /// aligned only as `mem` is, so it suits devices that take any alignment (an SPDK bdev:
+    /// the bdev layer bounces what its bdev cannot take), and it never goes to the pool: the
+    /// owner's memory is released with it.
+    pub fn lent(mem: Box<dyn IoMemory>) -> AlignedBuf {
+        let len = mem.bytes().len();
+        AlignedBuf::from_storage(Storage::Lent(mem), len)
+    }
+
+    /// A buffer of no bytes, without allocating (a placeholder while a buffer is lent out).
+    pub fn empty() -> AlignedBuf {
+        AlignedBuf {
+            storage: Storage::Heap(Vec::new()),
+            off: 0,
+            len: 0,
+        }
     }
 
     /// Fresh storage for `len` bytes: external memory when an allocator is set and has some.
@@ -284,6 +306,7 @@ impl AlignedBuf {
                     Storage::Heap(_) if external => return false,
                     Storage::Heap(_) => len + BUF_ALIGN,
                     Storage::External(_) => len,
+                    Storage::Lent(_) => return false,
                 };
                 s.capacity() >= need && s.capacity() <= need * 2
             })?;
@@ -313,6 +336,9 @@ impl AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         let s = std::mem::replace(&mut self.storage, Storage::Heap(Vec::new()));
+        if matches!(s, Storage::Lent(_)) {
+            return;
+        }
         let cap = s.capacity();
         if cap <= POOL_MAX_BYTES + BUF_ALIGN && cap > 0 {
             // A pool is per OS thread; several SPDK threads may share it, which is fine.
@@ -332,7 +358,7 @@ impl std::ops::Deref for AlignedBuf {
     fn deref(&self) -> &[u8] {
         let b = match &self.storage {
             Storage::Heap(v) => &v[..],
-            Storage::External(m) => m.bytes(),
+            Storage::External(m) | Storage::Lent(m) => m.bytes(),
         };
         &b[self.off..self.off + self.len]
     }
@@ -342,7 +368,7 @@ impl std::ops::DerefMut for AlignedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         let b = match &mut self.storage {
             Storage::Heap(v) => &mut v[..],
-            Storage::External(m) => m.bytes_mut(),
+            Storage::External(m) | Storage::Lent(m) => m.bytes_mut(),
         };
         &mut b[self.off..self.off + self.len]
     }

@@ -246,12 +246,19 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         };
         let mut buf = vec![0u8; ((w_end - w_first) as usize) * SECTOR];
         if widen_head {
-            self.read_into(first_block * spb, &mut buf[..BLOCK]).await?;
+            let (b, r) = self
+                .read_into(first_block * spb, AlignedBuf::for_overwrite(BLOCK))
+                .await;
+            r?;
+            buf[..BLOCK].copy_from_slice(&b);
         }
         if widen_tail {
             let o = ((last_block * spb - w_first) as usize) * SECTOR;
-            self.read_into(last_block * spb, &mut buf[o..o + BLOCK])
-                .await?;
+            let (b, r) = self
+                .read_into(last_block * spb, AlignedBuf::for_overwrite(BLOCK))
+                .await;
+            r?;
+            buf[o..o + BLOCK].copy_from_slice(&b);
         }
         let o = ((offset_sectors - w_first) as usize) * SECTOR;
         buf[o..o + data.len()].copy_from_slice(data);

@@ -71,11 +71,24 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         }
     }
 
+    /// Reads into `out` and gives it back. When one device read covers all of `out` (a read of
+    /// cached or uncached blocks that are contiguous on their device), the device reads into
+    /// `out` itself; otherwise each device read has a buffer of its own, copied in after.
     pub(super) async fn read_into(
         self: &Rc<Self>,
         offset_sectors: u64,
-        out: &mut [u8],
+        mut out: AlignedBuf,
+    ) -> (AlignedBuf, Result<(), IoError>) {
+        let r = self.read_planned(offset_sectors, &mut out).await;
+        (out, r)
+    }
+
+    async fn read_planned(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        out_buf: &mut AlignedBuf,
     ) -> Result<(), IoError> {
+        let out: &mut [u8] = out_buf;
         let spb = SECTORS_PER_BLOCK as u64;
         let nr_sectors = (out.len() / SECTOR) as u64;
         let end = offset_sectors + nr_sectors;
@@ -202,16 +215,32 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         if has_backing {
             self.backing_fg_begin();
         }
-        // Every piece is read into a buffer of its own (the device owns it until the read
+        let out_len = out.len();
+        // One piece that covers all of `out`: the device reads into `out` itself. Otherwise
+        // every piece is read into a buffer of its own (the device owns it until the read
         // completes), all at once, and copied in after.
-        let reads = pieces.iter().map(|p| async move {
-            let buf = AlignedBuf::for_overwrite(p.len_bytes);
-            match p.base {
+        let direct = matches!(&pieces[..], [p] if p.out_offset_bytes == 0 && p.len_bytes == out_len);
+        let results = if direct {
+            let p = &pieces[0];
+            let buf = std::mem::replace(out_buf, AlignedBuf::empty());
+            let (buf, r) = match p.base {
                 Base::Cache => self.cache.read(p.device_offset_bytes, buf).await,
                 Base::Backing => self.backing.read(p.device_offset_bytes, buf).await,
-            }
-        });
-        let results = futures::future::join_all(reads).await;
+            };
+            *out_buf = buf;
+            vec![(None, r)]
+        } else {
+            let reads = pieces.iter().map(|p| async move {
+                let buf = AlignedBuf::for_overwrite(p.len_bytes);
+                let (buf, r) = match p.base {
+                    Base::Cache => self.cache.read(p.device_offset_bytes, buf).await,
+                    Base::Backing => self.backing.read(p.device_offset_bytes, buf).await,
+                };
+                (Some(buf), r)
+            });
+            futures::future::join_all(reads).await
+        };
+        let out: &mut [u8] = out_buf;
         if has_backing {
             self.backing_fg_end();
         }
@@ -234,7 +263,9 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
                         continue;
                     }
                 }
-                out[p.out_offset_bytes..p.out_offset_bytes + p.len_bytes].copy_from_slice(&buf);
+                if let Some(buf) = buf {
+                    out[p.out_offset_bytes..p.out_offset_bytes + p.len_bytes].copy_from_slice(&buf);
+                }
             }
         }
         self.notify();
@@ -257,12 +288,31 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
 
 impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     /// Reads `out.len()` bytes (a multiple of 512) at `offset_sectors`: always the newest data.
+    /// (Through a buffer of the engine's, copied into `out`: [`Self::read_buf`] saves that copy.)
     pub async fn read(&self, offset_sectors: u64, out: &mut [u8]) -> Result<(), IoError> {
+        let (buf, r) = self
+            .read_buf(offset_sectors, AlignedBuf::for_overwrite(out.len()))
+            .await;
+        r?;
+        out.copy_from_slice(&buf);
+        Ok(())
+    }
+
+    /// [`Self::read`] into a buffer the caller hands over and gets back (the SPDK glue lends
+    /// the request's own buffer: [`AlignedBuf::lent`]), which a read served by one device read
+    /// fills directly.
+    pub async fn read_buf(
+        &self,
+        offset_sectors: u64,
+        out: AlignedBuf,
+    ) -> (AlignedBuf, Result<(), IoError>) {
         assert!(
             out.len() % SECTOR == 0,
             "read length is not a multiple of 512"
         );
-        self.check_range(offset_sectors, (out.len() / SECTOR) as u64)?;
+        if let Err(e) = self.check_range(offset_sectors, (out.len() / SECTOR) as u64) {
+            return (out, Err(e));
+        }
         self.inner.read_into(offset_sectors, out).await
     }
 }

@@ -4,7 +4,7 @@
 
 use super::complete;
 use crate::bdev::volume::{Vol, VolCtx};
-use crate::device::AlignedBuf;
+use crate::device::{AlignedBuf, IoMemory};
 use crate::engine::IoError;
 use std::rc::Rc;
 use writeboost_spdk_sys as sys;
@@ -24,6 +24,31 @@ unsafe fn iovs<'a>(io: *mut sys::spdk_bdev_io) -> &'a [sys::iovec] {
     }
 }
 
+/// A read request's own data buffer, lent to the engine for the request's read
+/// ([`AlignedBuf::lent`]), so that a read served by one device read lands in it directly.
+///
+/// The memory stays valid for as long as a device may write it: the request is completed only
+/// by its own task, after `Volume::read_buf` has given the lent buffer back, which a device
+/// read does only once it has completed; and a volume's tasks are dropped (`vol_finish`) only
+/// when no base operation is in flight. A lent buffer never goes to the buffer pool.
+struct RequestBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl IoMemory for RequestBuf {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` is the request's buffer of at least `len` bytes (`do_read`), valid until
+        // the request completes, which is after every use of this lent buffer (type doc).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; nothing else touches the request's buffer meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
 async fn do_read(
     vol: &Vol,
     io: *mut sys::spdk_bdev_io,
@@ -33,13 +58,17 @@ async fn do_read(
     // SAFETY: the bdev_io stays live until we complete it, after this function.
     let v = unsafe { iovs(io) };
     if v.len() == 1 && v[0].iov_len >= len {
-        // SAFETY: the single buffer holds at least len bytes, owned by the request until its
-        // completion, and nothing else touches it meanwhile.
-        let out = unsafe { std::slice::from_raw_parts_mut(v[0].iov_base as *mut u8, len) };
-        return vol.read(off_sectors, out).await;
+        let lent = AlignedBuf::lent(Box::new(RequestBuf {
+            ptr: v[0].iov_base as *mut u8,
+            len,
+        }));
+        // The engine gives the buffer back; it is dropped here, before the completion.
+        return vol.read_buf(off_sectors, lent).await.1;
     }
-    let mut bounce = AlignedBuf::zeroed(len);
-    vol.read(off_sectors, &mut bounce).await?;
+    let (bounce, r) = vol
+        .read_buf(off_sectors, AlignedBuf::for_overwrite(len))
+        .await;
+    r?;
     let mut pos = 0;
     for iov in v {
         let n = iov.iov_len.min(len - pos);

@@ -379,3 +379,52 @@ impl std::fmt::Debug for AlignedBuf {
         write!(f, "AlignedBuf({} bytes)", self.len)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    /// Memory that records when it is released.
+    struct Tracked {
+        bytes: Vec<u8>,
+        released: Rc<Cell<bool>>,
+    }
+
+    impl IoMemory for Tracked {
+        fn bytes(&self) -> &[u8] {
+            &self.bytes
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            &mut self.bytes
+        }
+    }
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.released.set(true);
+        }
+    }
+
+    #[test]
+    fn lent_memory_is_released_with_its_buffer_never_pooled() {
+        let released = Rc::new(Cell::new(false));
+        let mut b = AlignedBuf::lent(Box::new(Tracked {
+            bytes: vec![7u8; 4096],
+            released: released.clone(),
+        }));
+        assert_eq!(b.len(), 4096);
+        assert!(b.iter().all(|&x| x == 7));
+        b.fill(1);
+        assert!(b.iter().all(|&x| x == 1));
+        drop(b);
+        // Pooled, it would outlive the I/O it was lent for (a request's buffer, reused by its
+        // owner once the request completes).
+        assert!(
+            released.get(),
+            "lent memory kept after its buffer was dropped"
+        );
+        assert_eq!(AlignedBuf::empty().len(), 0);
+    }
+}

@@ -219,7 +219,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         // One piece that covers all of `out`: the device reads into `out` itself. Otherwise
         // every piece is read into a buffer of its own (the device owns it until the read
         // completes), all at once, and copied in after.
-        let direct = matches!(&pieces[..], [p] if p.out_offset_bytes == 0 && p.len_bytes == out_len);
+        let direct =
+            matches!(&pieces[..], [p] if p.out_offset_bytes == 0 && p.len_bytes == out_len);
         let results = if direct {
             let p = &pieces[0];
             let buf = std::mem::replace(out_buf, AlignedBuf::empty());

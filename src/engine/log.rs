@@ -14,7 +14,8 @@ use crate::format::{Entry, SegmentHeader};
 pub(super) struct LogState {
     pub(super) slot_id: Vec<u64>,
     pub(super) slot_len: Vec<u32>,
-    /// In-flight device reads of each slot (cache hits, writeback): a slot is not reused while > 0.
+    /// In-flight device reads of each slot (cache hits, writeback): a slot's next segment is not
+    /// written while > 0 (it may be opened: its data stays in RAM until then).
     pub(super) slot_readers: Vec<u32>,
     /// RAM buffer holding the slot's current segment, or `NO_BUF` once it is on the device.
     pub(super) slot_buf: Vec<u32>,
@@ -42,7 +43,7 @@ pub(super) struct LogState {
 }
 
 impl LogState {
-    /// A device read of a segment in `slot` starts: the slot is not reused until it ends.
+    /// A device read of a segment in `slot` starts: no new segment is written there until it ends.
     #[inline]
     pub(super) fn pin_slot(&mut self, slot: u64) {
         self.slot_readers[slot as usize] += 1;
@@ -235,6 +236,16 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         offset: u64,
         len_bytes: usize,
     ) {
+        // Reads of the slot's old data that began before this segment was opened end first.
+        // (No new one can begin: the old blocks left the index when it was opened.) Re-checked
+        // every 100 us too, as not every reader's end wakes the volume's waiters.
+        while self.st.borrow().log.slot_readers[slot as usize] > 0 {
+            self.wait_until_at_most(
+                move |st| st.log.slot_readers[slot as usize] == 0,
+                100_000,
+            )
+            .await;
+        }
         let mut attempts = 0u32;
         let mut backoff = RETRY_BACKOFF_MIN_NS;
         let mut first_failure_ns = None;

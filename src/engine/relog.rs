@@ -102,8 +102,7 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
     }
 
     /// Re-logs `items` (the batch's current dirty copies, in log order; their data in `bufs`),
-    /// [`RELOG_BURST`] per executor turn, waiting for what passes by itself (a RAM buffer, a
-    /// reader of the next slot); what is left once the head needs reclaim (or the volume is
+    /// [`RELOG_BURST`] per executor turn, waiting for what passes by itself (a RAM buffer); what is left once the head needs reclaim (or the volume is
     /// degraded) stays in `items` for the batch to write back. Then makes the head durable.
     /// Returns how many were re-logged.
     pub(super) async fn relog_batch(

@@ -112,13 +112,14 @@ impl State {
     }
 
     /// The slot-reuse rule: segment `id` may be opened when a RAM buffer is free and its slot
-    /// has no reader, no RAM buffer, and holds a segment the record says was written back.
+    /// has no RAM buffer and holds a segment the record says was written back. (Reads of the
+    /// slot's old data may still be in flight: the new segment's data stays in its RAM buffer
+    /// until they end, [`Inner::write_segment`](super::Inner) waits for them.)
     #[inline]
     pub(super) fn can_open(&self, id: u64) -> bool {
         let slot = self.geo.slot_of_id(id) as usize;
         !self.log.free_bufs.is_empty()
             && !self.slot_awaits_reclaim(id)
-            && self.log.slot_readers[slot] == 0
             && self.log.slot_buf[slot] == NO_BUF
     }
 

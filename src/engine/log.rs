@@ -240,11 +240,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         // (No new one can begin: the old blocks left the index when it was opened.) Re-checked
         // every 100 us too, as not every reader's end wakes the volume's waiters.
         while self.st.borrow().log.slot_readers[slot as usize] > 0 {
-            self.wait_until_at_most(
-                move |st| st.log.slot_readers[slot as usize] == 0,
-                100_000,
-            )
-            .await;
+            self.wait_until_at_most(move |st| st.log.slot_readers[slot as usize] == 0, 100_000)
+                .await;
         }
         let mut attempts = 0u32;
         let mut backoff = RETRY_BACKOFF_MIN_NS;

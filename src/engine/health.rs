@@ -246,19 +246,12 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         };
         let mut buf = vec![0u8; ((w_end - w_first) as usize) * SECTOR];
         if widen_head {
-            let (b, r) = self
-                .read_into(first_block * spb, AlignedBuf::for_overwrite(BLOCK))
-                .await;
-            r?;
-            buf[..BLOCK].copy_from_slice(&b);
+            self.read_copy(first_block * spb, &mut buf[..BLOCK]).await?;
         }
         if widen_tail {
             let o = ((last_block * spb - w_first) as usize) * SECTOR;
-            let (b, r) = self
-                .read_into(last_block * spb, AlignedBuf::for_overwrite(BLOCK))
-                .await;
-            r?;
-            buf[o..o + BLOCK].copy_from_slice(&b);
+            self.read_copy(last_block * spb, &mut buf[o..o + BLOCK])
+                .await?;
         }
         let o = ((offset_sectors - w_first) as usize) * SECTOR;
         buf[o..o + data.len()].copy_from_slice(data);

@@ -83,6 +83,20 @@ impl<D: BlockDevice + 'static, R: Runtime> Inner<D, R> {
         (out, r)
     }
 
+    /// [`Self::read_into`] through a buffer of the engine's, copied into `out`.
+    pub(super) async fn read_copy(
+        self: &Rc<Self>,
+        offset_sectors: u64,
+        out: &mut [u8],
+    ) -> Result<(), IoError> {
+        let (buf, r) = self
+            .read_into(offset_sectors, AlignedBuf::for_overwrite(out.len()))
+            .await;
+        r?;
+        out.copy_from_slice(&buf);
+        Ok(())
+    }
+
     async fn read_planned(
         self: &Rc<Self>,
         offset_sectors: u64,
@@ -291,12 +305,8 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
     /// Reads `out.len()` bytes (a multiple of 512) at `offset_sectors`: always the newest data.
     /// (Through a buffer of the engine's, copied into `out`: [`Self::read_buf`] saves that copy.)
     pub async fn read(&self, offset_sectors: u64, out: &mut [u8]) -> Result<(), IoError> {
-        let (buf, r) = self
-            .read_buf(offset_sectors, AlignedBuf::for_overwrite(out.len()))
-            .await;
-        r?;
-        out.copy_from_slice(&buf);
-        Ok(())
+        self.check_read(offset_sectors, out.len())?;
+        self.inner.read_copy(offset_sectors, out).await
     }
 
     /// [`Self::read`] into a buffer the caller hands over and gets back (the SPDK glue lends
@@ -307,13 +317,16 @@ impl<D: BlockDevice + 'static, R: Runtime> Volume<D, R> {
         offset_sectors: u64,
         out: AlignedBuf,
     ) -> (AlignedBuf, Result<(), IoError>) {
-        assert!(
-            out.len() % SECTOR == 0,
-            "read length is not a multiple of 512"
-        );
-        if let Err(e) = self.check_range(offset_sectors, (out.len() / SECTOR) as u64) {
+        if let Err(e) = self.check_read(offset_sectors, out.len()) {
             return (out, Err(e));
         }
         self.inner.read_into(offset_sectors, out).await
+    }
+
+    /// A read of `len` bytes at `offset_sectors` is whole sectors (else a caller's bug: panics)
+    /// inside the volume.
+    fn check_read(&self, offset_sectors: u64, len: usize) -> Result<(), IoError> {
+        assert!(len % SECTOR == 0, "read length is not a multiple of 512");
+        self.check_range(offset_sectors, (len / SECTOR) as u64)
     }
 }
